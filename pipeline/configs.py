@@ -1,0 +1,162 @@
+"""Every setting of the pipeline, with its default, in one place. Profiles bundle them:
+
+  tiny   the test suite's: 64x64 slices, a few volumes, a very narrow model, a few steps
+  demo   `make run`: built-in synthetic CT at 128x128, a narrow UNet 3+, minutes on a CPU
+  paper  the paper's setting: 320x320 input, widths 64..1024 with 64-channel skips, hybrid loss
+
+`local_runner.py` and `kubeflow_runner.py` turn flags into a PipelineConfig with `make_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import List, Optional, Tuple
+
+from preprocessing.slices import SliceConfig
+
+PIPELINE_NAME = "unet3plus-liver"
+PROFILES = ("tiny", "demo", "paper")
+
+
+@dataclasses.dataclass
+class SyntheticDataConfig:
+    """The built-in synthetic CT set, generated on first use when no --data_root is given."""
+    num_cases: int = 12
+    size: int = 128            # in-plane voxels
+    seed: int = 0
+    min_slices: int = 24
+    max_slices: int = 56
+
+
+@dataclasses.dataclass
+class ExampleGenConfig:
+    slices: SliceConfig = dataclasses.field(default_factory=SliceConfig)
+    eval_fraction: float = 0.25
+    split_seed: int = 0
+    eval_cases: Optional[List[str]] = None   # explicit eval case ids (overrides eval_fraction)
+    max_bad_fraction: float = 0.1
+
+    def to_settings(self) -> dict:
+        return {"slice": self.slices.to_dict(), "eval_fraction": self.eval_fraction,
+                "split_seed": self.split_seed, "eval_cases": self.eval_cases,
+                "max_bad_fraction": self.max_bad_fraction}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    variant: str = "base"                                # base | ds | ds_cgm
+    filters: Tuple[int, ...] = (64, 128, 256, 512, 1024)
+    skip_filters: int = 64
+    loss: str = "hybrid"                                 # hybrid | dice | bce | bce_dice | ...
+    loss_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)   # focal, MS-SSIM, IoU
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    train_steps: int = 2000
+    eval_steps: int = 50
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    precision: str = "auto"     # auto | fp32 | mixed_bfloat16 | mixed_float16
+    xla: str = "auto"           # auto | on | off
+    shuffle_buffer: int = 256   # examples; TFX's default of 10,000 images would need GBs
+    steps_per_epoch: int = 100  # how often validation and TensorBoard run
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    dice_lower_bound: float = 0.85     # absolute bar on eval-split liver Dice to bless
+    dice_change_tolerance: float = 0.01  # may be this much worse than the last blessed model
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    pipeline_name: str = PIPELINE_NAME
+    pipeline_root: str = "outputs/pipeline"
+    metadata_path: str = "outputs/metadata.sqlite"
+    serving_dir: str = "outputs/serving_model"
+    data_root: Optional[str] = None        # None: the built-in synthetic set under outputs/
+    synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
+    example_gen: ExampleGenConfig = dataclasses.field(default_factory=ExampleGenConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    # Beam: never the Prism runner (it downloads a binary at run time); see STACK.md.
+    beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [
+        "--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    enable_cache: bool = True
+
+    @property
+    def synthetic_data_dir(self) -> str:
+        s = self.synthetic
+        return os.path.join(os.path.dirname(self.pipeline_root) or ".",
+                            f"synthetic_ct_n{s.num_cases}_s{s.size}_seed{s.seed}")
+
+    @property
+    def input_base(self) -> str:
+        return self.data_root or self.synthetic_data_dir
+
+
+def profile_config(profile: str) -> PipelineConfig:
+    """The defaults of a profile, before flags override them."""
+    if profile == "tiny":
+        return PipelineConfig(
+            synthetic=SyntheticDataConfig(num_cases=5, size=64, min_slices=12, max_slices=18),
+            example_gen=ExampleGenConfig(
+                slices=SliceConfig(size=(64, 64), keep_fraction=0.2), eval_fraction=0.4),
+            model=ModelConfig(filters=(4, 8, 16, 32, 64), skip_filters=4, loss="bce_dice"),
+            train=TrainConfig(train_steps=12, eval_steps=2, batch_size=4, steps_per_epoch=6,
+                              shuffle_buffer=32),
+            evaluation=EvalConfig(dice_lower_bound=0.0, dice_change_tolerance=1.0),
+        )
+    if profile == "demo":
+        return PipelineConfig(
+            synthetic=SyntheticDataConfig(num_cases=12, size=128),
+            example_gen=ExampleGenConfig(slices=SliceConfig(size=(128, 128))),
+            model=ModelConfig(filters=(16, 32, 64, 128, 256), skip_filters=16, loss="hybrid"),
+            train=TrainConfig(train_steps=600, eval_steps=20, batch_size=8, steps_per_epoch=100,
+                              learning_rate=2e-3),
+            evaluation=EvalConfig(dice_lower_bound=0.85),
+        )
+    if profile == "paper":
+        return PipelineConfig(
+            synthetic=SyntheticDataConfig(num_cases=24, size=512, min_slices=40, max_slices=120),
+            example_gen=ExampleGenConfig(slices=SliceConfig(size=(320, 320))),
+            model=ModelConfig(),
+            train=TrainConfig(train_steps=20000, eval_steps=200, batch_size=16,
+                              steps_per_epoch=1000),
+        )
+    raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+
+
+def make_config(profile: str = "demo", output_dir: str = "outputs",
+                data_root: Optional[str] = None, pipeline_root: Optional[str] = None,
+                metadata_path: Optional[str] = None, serving_dir: Optional[str] = None,
+                train_steps: Optional[int] = None, batch_size: Optional[int] = None,
+                precision: Optional[str] = None, xla: Optional[str] = None,
+                num_cases: Optional[int] = None, enable_cache: bool = True,
+                beam_pipeline_args: Optional[List[str]] = None,
+                pipeline_name: str = PIPELINE_NAME) -> PipelineConfig:
+    """A profile's defaults with the given overrides; paths default to under `output_dir`."""
+    config = profile_config(profile)
+    output_dir = os.path.abspath(output_dir)
+    config.pipeline_name = pipeline_name
+    config.pipeline_root = os.path.abspath(pipeline_root or os.path.join(output_dir, "pipeline"))
+    config.metadata_path = os.path.abspath(metadata_path or
+                                           os.path.join(output_dir, "metadata.sqlite"))
+    config.serving_dir = os.path.abspath(serving_dir or os.path.join(output_dir, "serving_model"))
+    config.data_root = os.path.abspath(data_root) if data_root else None
+    if num_cases is not None:
+        config.synthetic.num_cases = num_cases
+    if train_steps is not None:
+        config.train.train_steps = train_steps
+    if batch_size is not None:
+        config.train.batch_size = batch_size
+    if precision is not None:
+        config.train.precision = precision
+    if xla is not None:
+        config.train.xla = xla
+    if beam_pipeline_args is not None:
+        config.beam_pipeline_args = beam_pipeline_args
+    config.enable_cache = enable_cache
+    return config

@@ -1,0 +1,38 @@
+"""The Evaluator's configuration: bless on liver Dice only, sliced per volume and by tumour /
+liver presence, against the last blessed model."""
+from __future__ import annotations
+
+import json
+
+import tensorflow_model_analysis as tfma
+
+from pipeline import tfma_dice
+from preprocessing import features as F
+from trainer.export import PROBABILITIES, SIGNATURE_TRANSFORMED
+
+SLICE_FEATURES = (F.VOLUME_ID, F.HAS_TUMOR, F.HAS_LIVER)
+
+
+def make_eval_config(dice_lower_bound: float, dice_change_tolerance: float,
+                     threshold: float = 0.5) -> tfma.EvalConfig:
+    dice_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": dice_lower_bound}),
+        # The first run has no baseline and skips this; later runs must not get worse than
+        # the last blessed model by more than the tolerance.
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -dice_change_tolerance}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(
+            # Evaluates on Transform's output through the matching signature.
+            signature_name=SIGNATURE_TRANSFORMED, label_key=F.MASK,
+            prediction_key=PROBABILITIES, preprocessing_function_names=[])],
+        slicing_specs=[tfma.SlicingSpec()] + [
+            tfma.SlicingSpec(feature_keys=[name]) for name in SLICE_FEATURES],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name=tfma_dice.Dice.__name__, module=tfma_dice.__name__,
+                              config=json.dumps({"threshold": threshold}),
+                              threshold=dice_threshold),
+        ])],
+    )

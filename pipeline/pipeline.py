@@ -1,0 +1,80 @@
+"""create_pipeline(): the TFX graph, the same for every runner.
+
+NiftiExampleGen -> StatisticsGen + ExampleValidator (against schema/schema.pbtxt, imported)
+-> Transform -> Trainer -> Evaluator (vs. the latest blessed model) -> Pusher.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from tfx import v1 as tfx
+from tfx.orchestration import pipeline as tfx_pipeline
+
+from components.nifti_example_gen import NiftiExampleGen
+from pipeline.configs import PipelineConfig
+from pipeline.evaluation import make_eval_config
+from schema import SCHEMA_PATH
+
+TRANSFORM_FN = "preprocessing.transform.preprocessing_fn"
+RUN_FN = "trainer.run.run_fn"
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
+                    beam_pipeline_args: Optional[list] = None) -> tfx_pipeline.Pipeline:
+    slices = config.example_gen.slices
+    image_shape = [slices.size[0], slices.size[1], slices.channels]
+
+    example_gen = NiftiExampleGen(input_base=config.input_base,
+                                  settings=config.example_gen.to_settings())
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_PATH)
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=TRANSFORM_FN,
+        custom_config={"image_shape": image_shape, "window": list(slices.window)},
+        # Transform's own pre/post statistics over image tensors are slow and huge;
+        # StatisticsGen already describes the raw data.
+        disable_statistics=True)
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.train.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.train.eval_steps),
+        custom_config={"model": dataclasses.asdict(config.model),
+                       "train": dataclasses.asdict(config.train),
+                       "image_shape": image_shape,
+                       "slice": slices.to_dict()})
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=transform.outputs["transformed_examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        eval_config=make_eval_config(config.evaluation.dice_lower_bound,
+                                     config.evaluation.dice_change_tolerance))
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=config.serving_dir)))
+
+    return tfx_pipeline.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=[example_gen, schema_gen, statistics_gen, example_validator, transform,
+                    trainer, model_resolver, evaluator, pusher],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=(beam_pipeline_args if beam_pipeline_args is not None
+                            else config.beam_pipeline_args),
+    )

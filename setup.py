@@ -1,0 +1,26 @@
+"""Packages the pipeline code so Beam workers and Kubeflow images can import it by module path."""
+from setuptools import find_packages, setup
+
+setup(
+    name="unet3plus-tfx",
+    version="0.1.0",
+    description="TFX pipeline for UNet 3+ liver and liver-tumour segmentation from CT (LiTS layout)",
+    python_requires=">=3.9,<3.11",
+    packages=find_packages(include=["pipeline*", "components*", "preprocessing*", "trainer*",
+                                    "models*", "schema*"]),
+    py_modules=["local_runner", "kubeflow_runner", "predict"],
+    package_data={"schema": ["*.pbtxt"]},
+    # The exact pins live in requirements/lock.txt; these are the direct needs.
+    install_requires=[
+        "tfx==1.16.0",
+        "tensorflow==2.16.2",
+        "keras==3.12.4",
+        "nibabel>=5.2",
+        "numpy<2",
+        "scipy",
+        "tqdm",
+    ],
+    entry_points={"console_scripts": [
+        "unet3plus-synth=preprocessing.synthetic_ct:main",
+    ]},
+)

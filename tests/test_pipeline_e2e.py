@@ -1,0 +1,132 @@
+"""The real pipeline, end to end, under the TFX local orchestrator on a tiny synthetic CT set
+(5 volumes, 64x64, a very narrow UNet 3+, a few steps): real Beam, real TFMA, real SQLite MLMD."""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ml_metadata.proto import metadata_store_pb2
+
+import local_runner
+from pipeline.summary import _open_store, collect_run_summary
+from preprocessing import features as F
+
+pytestmark = pytest.mark.pipeline
+
+CACHED = metadata_store_pb2.Execution.CACHED
+COMPLETE = metadata_store_pb2.Execution.COMPLETE
+
+
+def _run(output_dir: str) -> dict:
+    assert local_runner.main(["--profile", "tiny", "--output_dir", output_dir]) == 0
+    summary = collect_run_summary(os.path.join(output_dir, "metadata.sqlite"))
+    assert summary is not None
+    return summary
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("pipeline"))
+    first = _run(output_dir)
+    second = _run(output_dir)
+    return output_dir, first, second
+
+
+def _artifact_uris(output_dir: str, component: str, output: str):
+    return sorted(glob.glob(os.path.join(output_dir, "pipeline", component, output, "*")),
+                  key=lambda p: int(os.path.basename(p)))
+
+
+def _read_examples(pattern: str):
+    files = glob.glob(pattern)
+    assert files, f"no TFRecords match {pattern}"
+    return [tf.train.Example.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_examples_in_both_splits_without_leakage(runs):
+    output_dir, first, _ = runs
+    examples_dir = _artifact_uris(output_dir, "NiftiExampleGen", "examples")[0]
+    volumes = {}
+    for split in ("train", "eval"):
+        examples = _read_examples(os.path.join(examples_dir, f"Split-{split}", "*"))
+        assert examples, f"split {split} is empty"
+        volumes[split] = {e.features.feature[F.VOLUME_ID].bytes_list.value[0] for e in examples}
+        assert len(examples) == first["examples_per_split"][split]
+    assert not volumes["train"] & volumes["eval"], "a volume is in both splits"
+    assert first["quarantined"] == []
+
+
+def test_transform_graph_and_trained_model(runs):
+    import tensorflow_transform as tft
+    output_dir, _, _ = runs
+    graph = tft.TFTransformOutput(_artifact_uris(output_dir, "Transform", "transform_graph")[0])
+    spec = graph.transformed_feature_spec()
+    assert spec[F.IMAGE].shape == [64, 64, 3]
+    assert spec[F.MASK].shape == [64, 64, 1]
+    model_dir = _artifact_uris(output_dir, "Trainer", "model")[0]
+    assert tf.saved_model.contains_saved_model(os.path.join(model_dir, "Format-Serving"))
+
+
+def test_evaluation_has_dice_and_a_blessing_decision(runs):
+    _, first, _ = runs
+    dice = first["eval_dice"]
+    assert 0.0 <= dice["overall"] <= 1.0
+    assert any(k.startswith("volume_id=") for k in dice), "no per-volume Dice slices"
+    assert isinstance(first["blessed"], bool)
+    # The tiny profile's bar is 0, so the first model is blessed and pushed.
+    assert first["blessed"] and first["pushed"]
+
+
+def test_pushed_model_segments_raw_examples(runs):
+    output_dir, first, _ = runs
+    pushed = first["pushed_to"]
+    assert pushed.startswith(os.path.join(output_dir, "serving_model"))
+    model = tf.saved_model.load(pushed)
+    examples_dir = _artifact_uris(output_dir, "NiftiExampleGen", "examples")[0]
+    raw = _read_examples(os.path.join(examples_dir, "Split-eval", "*"))[:4]
+    # Serving takes raw examples without labels: strip them as a client would send them.
+    unlabeled = []
+    for e in raw:
+        e2 = tf.train.Example()
+        e2.features.feature[F.IMAGE].CopyFrom(e.features.feature[F.IMAGE])
+        unlabeled.append(e2.SerializeToString())
+    out = model.signatures["serving_default"](examples=tf.constant(unlabeled))["probabilities"]
+    assert out.shape == (4, 64, 64, 1)
+    assert out.dtype == tf.float32
+    assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
+
+    # The volume-inference signature on the same pixels, normalized as Transform does, agrees.
+    images = np.stack([np.frombuffer(e.features.feature[F.IMAGE].bytes_list.value[0],
+                                     dtype=F.IMAGE_DTYPE).reshape(64, 64, 3) for e in raw])
+    normalized = (np.clip(images, -200, 250).astype(np.float32) + 200.0) / 450.0
+    direct = model.signatures["segment_slices"](slices=tf.constant(normalized))["probabilities"]
+    np.testing.assert_allclose(direct.numpy(), out.numpy(), atol=1e-5)
+
+
+def test_second_run_reuses_cached_components(runs):
+    _, first, second = runs
+    for component in ("NiftiExampleGen", "StatisticsGen", "Transform", "Trainer"):
+        assert first["components"][component] == "ran", first["components"]
+        assert second["components"][component] == "cached", second["components"]
+    assert second["run_id"] != first["run_id"]
+
+
+def test_predict_writes_a_mask_in_the_input_grid(runs, tmp_path):
+    import nibabel as nib
+    import predict
+    output_dir, first, _ = runs
+    data_dir = glob.glob(os.path.join(output_dir, "synthetic_ct_*"))[0]
+    # volume-3 is stored with permuted axes (PIR): the mask must come back in that grid.
+    volume = os.path.join(data_dir, "volume-3.nii.gz")
+    out = str(tmp_path / "mask.nii.gz")
+    assert predict.main(["--model", first["pushed_to"], "--input", volume, "--output", out,
+                         "--label", os.path.join(data_dir, "segmentation-3.nii.gz")]) == 0
+    source, mask = nib.load(volume), nib.load(out)
+    assert mask.shape == source.shape
+    np.testing.assert_allclose(mask.affine, source.affine)
+    assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1}

@@ -1,0 +1,75 @@
+"""Export of the trained model as a SavedModel with three signatures:
+
+  serving_default      serialized raw examples (ExampleGen format) -> Transform graph -> model
+  serving_transformed  serialized transformed examples -> model (the Evaluator uses this, so it
+                       does not decode images twice)
+  segment_slices       preprocessed float slices [B, H, W, K] -> model (volume inference)
+
+Each returns {"probabilities": float32 [B, H, W, C]} from the final (gated) mask output only.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from preprocessing import features as F
+
+PROBABILITIES = "probabilities"
+SIGNATURE_RAW = "serving_default"
+SIGNATURE_TRANSFORMED = "serving_transformed"
+SIGNATURE_SLICES = "segment_slices"
+# How volumes were sliced for this model (SliceConfig fields), for predict.py. Kept in
+# assets.extra, which travels with the SavedModel but is not part of the graph.
+SLICE_CONFIG_FILE = os.path.join("assets.extra", "slice_config.json")
+
+
+class SegmentationServingModule(tf.Module):
+    def __init__(self, model, tf_transform_output: tft.TFTransformOutput):
+        super().__init__()
+        self.model = model
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        # Serving needs the image only: the label and its flags are absent at serving time.
+        self._raw_spec = {F.IMAGE: tf_transform_output.raw_feature_spec()[F.IMAGE]}
+        self._transformed_spec = {
+            F.IMAGE: tf_transform_output.transformed_feature_spec()[F.IMAGE]}
+        image_shape = self._transformed_spec[F.IMAGE].shape
+        self.segment_slices = tf.function(
+            self._segment_slices,
+            input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name="slices")])
+
+    def _predict(self, images: tf.Tensor):
+        outputs = self.model(images, training=False)
+        return {PROBABILITIES: tf.cast(outputs["mask"], tf.float32)}
+
+    def _segment_slices(self, slices):
+        return self._predict(slices)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_raw(self, serialized):
+        raw = tf.io.parse_example(serialized, self._raw_spec)
+        transformed = self.tft_layer(raw)
+        return self._predict(transformed[F.IMAGE])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_transformed(self, serialized):
+        feats = tf.io.parse_example(serialized, self._transformed_spec)
+        return self._predict(feats[F.IMAGE])
+
+
+def export_serving_model(model, tf_transform_output: tft.TFTransformOutput,
+                         export_dir: str, slice_config: dict) -> str:
+    module = SegmentationServingModule(model, tf_transform_output)
+    signatures = {
+        SIGNATURE_RAW: module.serve_raw.get_concrete_function(),
+        SIGNATURE_TRANSFORMED: module.serve_transformed.get_concrete_function(),
+        SIGNATURE_SLICES: module.segment_slices.get_concrete_function(),
+    }
+    os.makedirs(export_dir, exist_ok=True)
+    tf.saved_model.save(module, export_dir, signatures=signatures)
+    os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
+    with open(os.path.join(export_dir, SLICE_CONFIG_FILE), "w") as f:
+        json.dump(slice_config, f, indent=2)
+    return export_dir

@@ -1,0 +1,93 @@
+"""The Trainer's run_fn: device choice -> inputs -> UNet 3+ -> fit -> export.
+
+custom_config (built by pipeline/pipeline.py from configs.py): "model" (ModelConfig fields),
+"train" (TrainConfig fields), "image_shape" [H, W, K], "slice" (SliceConfig fields, exported
+with the model for predict.py).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import keras
+import tensorflow_transform as tft
+
+from models.losses import get_loss
+from models.metrics import DiceCoefficient
+from models.unet3plus import build_unet3plus, model_output_names
+from trainer.device import resolve_device_settings
+from trainer.export import export_serving_model
+from trainer.inputs import make_dataset
+
+BEST_WEIGHTS = "best.weights.h5"
+
+
+def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile: bool):
+    model = build_unet3plus(input_shape=tuple(image_shape), num_classes=1,
+                            filters=tuple(model_cfg["filters"]),
+                            skip_filters=int(model_cfg["skip_filters"]),
+                            variant=model_cfg["variant"])
+    w_focal, w_ms_ssim, w_iou = model_cfg["loss_weights"]
+    loss_kwargs = ({"w_focal": w_focal, "w_ms_ssim": w_ms_ssim, "w_iou": w_iou}
+                   if model_cfg["loss"] == "hybrid" else {})
+    losses, metrics = {}, {}
+    for name in model_output_names(model_cfg["variant"]):
+        if name == "organ":
+            losses[name] = get_loss("bce")
+        else:
+            losses[name] = get_loss(model_cfg["loss"], **loss_kwargs)
+    metrics["mask"] = [DiceCoefficient(name="dice")]
+    model.compile(optimizer=keras.optimizers.Adam(float(train_cfg["learning_rate"])),
+                  loss=losses, metrics=metrics, jit_compile=jit_compile)
+    return model
+
+
+def run_fn(fn_args) -> None:
+    cfg = fn_args.custom_config
+    model_cfg, train_cfg, image_shape = cfg["model"], cfg["train"], cfg["image_shape"]
+    device = resolve_device_settings(train_cfg["precision"], train_cfg["xla"])
+    device.apply()
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    spec = tf_transform_output.transformed_feature_spec()
+
+    with device.strategy().scope():
+        model = build_and_compile(model_cfg, train_cfg, image_shape, device.jit_compile)
+    logging.info("UNet 3+ %s: %s parameters, filters %s, skip %s, loss %s, policy %s, XLA %s",
+                 model_cfg["variant"], f"{model.count_params():,}", model_cfg["filters"],
+                 model_cfg["skip_filters"], model_cfg["loss"], device.policy, device.jit_compile)
+
+    batch = int(train_cfg["batch_size"])
+    outputs = model_output_names(model_cfg["variant"])
+    train_ds = make_dataset(fn_args.train_files, spec, outputs, batch, shuffle=True,
+                            shuffle_buffer=int(train_cfg["shuffle_buffer"]))
+    eval_ds = make_dataset(fn_args.eval_files, spec, outputs, batch, shuffle=False)
+
+    total_steps = int(fn_args.train_steps)
+    steps_per_epoch = min(int(train_cfg["steps_per_epoch"]), total_steps)
+    epochs = max(1, math.ceil(total_steps / steps_per_epoch))
+    best_path = os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)
+    # Keras names a metric after its output only when the model has several outputs.
+    monitor = "val_dice" if len(outputs) == 1 else "val_mask_dice"
+    callbacks = [
+        keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+        # The exported model is the one with the best validation Dice, not the last one.
+        keras.callbacks.ModelCheckpoint(best_path, monitor=monitor, mode="max",
+                                        save_best_only=True, save_weights_only=True),
+    ]
+    logging.info("Training %d steps (%d epochs x %d), batch %d, validating on %d batches",
+                 epochs * steps_per_epoch, epochs, steps_per_epoch, batch, fn_args.eval_steps)
+    start = time.time()
+    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=eval_ds, validation_steps=int(fn_args.eval_steps),
+                        callbacks=callbacks, verbose=2)
+    elapsed = time.time() - start
+    val_dice = history.history.get(monitor, [float("nan")])
+    logging.info("Trained in %.0f s (%.1f images/s); validation Dice per epoch: %s", elapsed,
+                 epochs * steps_per_epoch * batch / elapsed, [round(v, 4) for v in val_dice])
+    if os.path.exists(best_path):
+        model.load_weights(best_path)
+        logging.info("Exporting the best epoch (validation Dice %.4f)", max(val_dice))
+    export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, cfg["slice"])
+    logging.info("Exported to %s", fn_args.serving_model_dir)
