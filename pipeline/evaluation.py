@@ -31,8 +31,12 @@ def make_eval_config(dice_lower_bound: float, dice_change_tolerance: float,
             tfma.SlicingSpec(feature_keys=[name]) for name in SLICE_FEATURES],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
+            # The bar applies to the whole eval split only: the other slices are for reading
+            # (a slice without liver has Dice 0 as soon as one pixel is predicted).
             tfma.MetricConfig(class_name=tfma_dice.Dice.__name__, module=tfma_dice.__name__,
                               config=json.dumps({"threshold": threshold}),
-                              threshold=dice_threshold),
+                              per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                                  slicing_specs=[tfma.SlicingSpec()],
+                                  threshold=dice_threshold)]),
         ])],
     )

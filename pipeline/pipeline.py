@@ -1,7 +1,7 @@
 """create_pipeline(): the TFX graph, the same for every runner.
 
 NiftiExampleGen -> StatisticsGen + ExampleValidator (against schema/schema.pbtxt, imported)
--> Transform -> Trainer -> Evaluator (vs. the latest blessed model) -> Pusher.
+-> AnomaliesGate (stops the run on any anomaly) -> Transform -> Trainer -> Evaluator (vs. the latest blessed model) -> Pusher.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from components.nifti_example_gen import NiftiExampleGen
 from pipeline.configs import PipelineConfig
 from pipeline.evaluation import make_eval_config
+from pipeline.validation import validation_components
 from schema import SCHEMA_PATH
 
 TRANSFORM_FN = "preprocessing.transform.preprocessing_fn"
@@ -28,10 +29,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     example_gen = NiftiExampleGen(input_base=config.input_base,
                                   settings=config.example_gen.to_settings())
     schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_PATH)
-    statistics_gen = tfx.components.StatisticsGen(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
-    example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    statistics_gen, example_validator, anomalies_gate = validation_components(
+        example_gen.outputs["examples"], schema_gen.outputs["schema"])
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=TRANSFORM_FN,
@@ -39,6 +38,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         # Transform's own pre/post statistics over image tensors are slow and huge;
         # StatisticsGen already describes the raw data.
         disable_statistics=True)
+    # Bad data stops the run here: Transform waits for the validation gate.
+    transform.add_upstream_node(anomalies_gate)
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -71,7 +72,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[example_gen, schema_gen, statistics_gen, example_validator, transform,
+        components=[example_gen, schema_gen, statistics_gen, example_validator, anomalies_gate,
+                    transform,
                     trainer, model_resolver, evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,

@@ -67,18 +67,20 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None
     if run is None or (newer_than is not None and run.id <= newer_than):
         return None
     context_types = {t.id: t.name for t in store.get_context_types()}
-    components = {}
+    components, seconds = {}, {}
     for e in store.get_executions_by_context(run.id):
         nodes = [c.name for c in store.get_contexts_by_execution(e.id)
                  if context_types.get(c.type_id) == "node"]
         name = nodes[0].split(".", 1)[-1] if nodes else str(e.id)
         components[name] = _STATES.get(e.last_known_state, str(e.last_known_state))
+        seconds[name] = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000.0
     artifacts = store.get_artifacts_by_context(run.id)
     artifact_types = {t.id: t.name for t in store.get_artifact_types()}
     latest: Dict[str, Any] = {}
     for a in sorted(artifacts, key=lambda a: a.id):
         latest[artifact_types[a.type_id]] = a
-    summary: Dict[str, Any] = {"run_id": run.name, "components": components}
+    summary: Dict[str, Any] = {"run_id": run.name, "components": components,
+                               "component_seconds": seconds}
     # Raw and transformed examples share the type; the ExampleGen's carry the conversion summary.
     for examples in (a for a in artifacts if artifact_types[a.type_id] == "Examples"):
         path = os.path.join(examples.uri, SUMMARY_FILE)
@@ -108,8 +110,10 @@ def format_run_summary(summary: Optional[Dict[str, Any]]) -> str:
     if not summary:
         return "No pipeline run recorded (the pipeline was compiled, not run)."
     lines: List[str] = ["", "=" * 72, f"Pipeline run {summary['run_id']}", "=" * 72]
-    lines.append("Components: " + ", ".join(f"{k} ({v})" for k, v in
-                                            sorted(summary["components"].items())))
+    seconds = summary.get("component_seconds", {})
+    lines.append("Components: " + ", ".join(
+        f"{k} ({v}{f', {seconds[k]:.0f} s' if v == 'ran' and k in seconds else ''})"
+        for k, v in sorted(summary["components"].items())))
     if "examples_per_split" in summary:
         ex, cases = summary["examples_per_split"], summary["cases_per_split"]
         lines.append("Examples:   " + ", ".join(f"{s} {ex[s]} slices from {cases[s]} volumes"
