@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="number of synthetic volumes (ignored with --data_root)")
     p.add_argument("--precision", choices=("auto", "fp32", "mixed_bfloat16", "mixed_float16"))
     p.add_argument("--xla", choices=("auto", "on", "off"))
+    p.add_argument("--normalization", choices=("window", "zscore"),
+                   help="Transform's intensity normalization (default: window -> [0, 1])")
     p.add_argument("--no_cache", action="store_true", help="re-run every component")
     p.add_argument("--beam_arg", action="append", default=None, metavar="ARG",
                    help="a Beam pipeline argument (repeatable), e.g. "
@@ -54,7 +56,8 @@ def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
         profile=args.profile, output_dir=args.output_dir, data_root=args.data_root,
         pipeline_root=args.pipeline_root, metadata_path=args.metadata_path,
         serving_dir=args.serving_dir, train_steps=args.train_steps, batch_size=args.batch_size,
-        precision=args.precision, xla=args.xla, num_cases=args.num_cases,
+        precision=args.precision, xla=args.xla, normalization=args.normalization,
+        num_cases=args.num_cases,
         enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg,
         pipeline_name=args.pipeline_name)
 

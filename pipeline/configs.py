@@ -43,6 +43,11 @@ class ExampleGenConfig:
 
 
 @dataclasses.dataclass
+class TransformConfig:
+    normalization: str = "window"   # window: HU window -> [0, 1]; zscore: foreground z-score
+
+
+@dataclasses.dataclass
 class ModelConfig:
     variant: str = "base"                                # base | ds | ds_cgm
     filters: Tuple[int, ...] = (64, 128, 256, 512, 1024)
@@ -78,6 +83,7 @@ class PipelineConfig:
     data_root: Optional[str] = None        # None: the built-in synthetic set under outputs/
     synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
     example_gen: ExampleGenConfig = dataclasses.field(default_factory=ExampleGenConfig)
+    transform: TransformConfig = dataclasses.field(default_factory=TransformConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -134,6 +140,7 @@ def make_config(profile: str = "demo", output_dir: str = "outputs",
                 metadata_path: Optional[str] = None, serving_dir: Optional[str] = None,
                 train_steps: Optional[int] = None, batch_size: Optional[int] = None,
                 precision: Optional[str] = None, xla: Optional[str] = None,
+                normalization: Optional[str] = None,
                 num_cases: Optional[int] = None, enable_cache: bool = True,
                 beam_pipeline_args: Optional[List[str]] = None,
                 pipeline_name: str = PIPELINE_NAME) -> PipelineConfig:
@@ -156,6 +163,8 @@ def make_config(profile: str = "demo", output_dir: str = "outputs",
         config.train.precision = precision
     if xla is not None:
         config.train.xla = xla
+    if normalization is not None:
+        config.transform.normalization = normalization
     if beam_pipeline_args is not None:
         config.beam_pipeline_args = beam_pipeline_args
     config.enable_cache = enable_cache

@@ -34,7 +34,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=TRANSFORM_FN,
-        custom_config={"image_shape": image_shape, "window": list(slices.window)},
+        custom_config={"image_shape": image_shape, "window": list(slices.window),
+                       "normalization": config.transform.normalization},
         # Transform's own pre/post statistics over image tensors are slow and huge;
         # StatisticsGen already describes the raw data.
         disable_statistics=True)

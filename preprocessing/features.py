@@ -18,7 +18,7 @@ Raw examples (ExampleGen output), one per selected axial slice:
 Transformed examples (Transform output) add the model's inputs and targets:
   image  float32[H, W, K] normalized;  mask float32[H, W, 1] liver (incl. tumour);
   organ  float32[1] liver present (target of the classification-guided module)
-and pass volume_id, has_liver, has_tumor through for evaluation slicing.
+and pass volume_id, slice_index, has_liver, has_tumor through for evaluation slicing.
 """
 
 IMAGE = "image"
@@ -57,4 +57,4 @@ RAW_FEATURES = {
 }
 
 # Features that Transform passes through unchanged so TFMA can slice on them.
-PASSTHROUGH_FEATURES = (VOLUME_ID, HAS_LIVER, HAS_TUMOR)
+PASSTHROUGH_FEATURES = (VOLUME_ID, SLICE_INDEX, HAS_LIVER, HAS_TUMOR)

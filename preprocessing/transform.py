@@ -1,15 +1,24 @@
 """The Transform `preprocessing_fn`: raw slice bytes -> normalized float images and the model's
 targets. The same graph is saved inside the exported model, so serving takes raw examples.
 
-custom_config (from pipeline/configs.py): image_shape [H, W, K], window [lo, hi].
+custom_config (from pipeline/configs.py):
+  image_shape    [H, W, K]
+  window         [lo, hi] HU (the ExampleGen already clipped to it)
+  normalization  "window": the HU window mapped linearly to [0, 1] (the paper's code);
+                 "zscore": (HU - mean) / std with mean and std of the windowed HU of the
+                 training split's foreground (liver and tumour) voxels, computed by tft
+                 analyzers, as nnU-Net does for CT.
 """
 from __future__ import annotations
 
 from typing import Any, Dict
 
 import tensorflow as tf
+import tensorflow_transform as tft
 
 from preprocessing import features as F
+
+NORMALIZATIONS = ("window", "zscore")
 
 
 def decode_image(raw: tf.Tensor, image_shape) -> tf.Tensor:
@@ -27,22 +36,40 @@ def decode_label(raw: tf.Tensor, image_shape) -> tf.Tensor:
 
 
 def normalize_window(hu: tf.Tensor, window) -> tf.Tensor:
-    """Maps the HU window linearly to [0, 1] (values were clipped by the ExampleGen)."""
+    """Maps the HU window linearly to [0, 1]."""
     lo, hi = float(window[0]), float(window[1])
     return (tf.clip_by_value(hu, lo, hi) - lo) / (hi - lo)
+
+
+def normalize_zscore(hu: tf.Tensor, labels: tf.Tensor, window) -> tf.Tensor:
+    """z-score with the foreground statistics of the analysed (training) data. The analyzers
+    become constants in the saved graph, so serving needs no labels."""
+    hu = tf.clip_by_value(hu, float(window[0]), float(window[1]))
+    centre = hu.shape[-1] // 2
+    foreground = tf.boolean_mask(hu[..., centre:centre + 1], labels > 0)
+    mean = tft.mean(foreground)
+    std = tf.sqrt(tft.var(foreground)) + 1e-6
+    return (hu - mean) / std
 
 
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]
                      ) -> Dict[str, tf.Tensor]:
     image_shape = custom_config["image_shape"]
-    outputs = {F.IMAGE: normalize_window(decode_image(inputs[F.IMAGE], image_shape),
-                                         custom_config["window"])}
-    if F.LABEL in inputs:
-        labels = decode_label(inputs[F.LABEL], image_shape)
-        # Liver target includes tumour: the liver task segments the whole organ.
-        outputs[F.MASK] = tf.cast(labels > 0, tf.float32)
-        outputs[F.ORGAN] = tf.cast(tf.reshape(inputs[F.HAS_LIVER], [-1, 1]), tf.float32)
+    method = custom_config.get("normalization", "window")
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
+    hu = decode_image(inputs[F.IMAGE], image_shape)
+    labels = decode_label(inputs[F.LABEL], image_shape)
+    if method == "zscore":
+        image = normalize_zscore(hu, labels, custom_config["window"])
+    else:
+        image = normalize_window(hu, custom_config["window"])
+    outputs = {
+        F.IMAGE: image,
+        # The liver target includes tumour: the liver task segments the whole organ.
+        F.MASK: tf.cast(labels > 0, tf.float32),
+        F.ORGAN: tf.cast(tf.reshape(inputs[F.HAS_LIVER], [-1, 1]), tf.float32),
+    }
     for name in F.PASSTHROUGH_FEATURES:
-        if name in inputs:
-            outputs[name] = inputs[name]
+        outputs[name] = inputs[name]
     return outputs

@@ -130,3 +130,27 @@ def test_predict_writes_a_mask_in_the_input_grid(runs, tmp_path):
     assert mask.shape == source.shape
     np.testing.assert_allclose(mask.affine, source.affine)
     assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1}
+
+
+def test_transformed_examples_equal_the_serving_transform(runs):
+    """What the Trainer learned from (Transform's output) is what serving computes from raw
+    examples with the Transform graph, slice by slice."""
+    import tensorflow_transform as tft
+    output_dir, _, _ = runs
+    graph = tft.TFTransformOutput(_artifact_uris(output_dir, "Transform", "transform_graph")[0])
+    transformed_dir = _artifact_uris(output_dir, "Transform", "transformed_examples")[0]
+    spec = graph.transformed_feature_spec()
+    by_key = {}
+    for e in _read_examples(os.path.join(transformed_dir, "Split-eval", "*")):
+        parsed = tf.io.parse_single_example(e.SerializeToString(), spec)
+        by_key[(parsed[F.VOLUME_ID].numpy()[0], int(parsed[F.SLICE_INDEX][0]))] = \
+            parsed[F.IMAGE].numpy()
+    raw_dir = _artifact_uris(output_dir, "NiftiExampleGen", "examples")[0]
+    raw = _read_examples(os.path.join(raw_dir, "Split-eval", "*"))
+    served = graph.transform_features_layer()(tf.io.parse_example(
+        [e.SerializeToString() for e in raw], {F.IMAGE: graph.raw_feature_spec()[F.IMAGE]}))
+    assert len(raw) == len(by_key)
+    for e, image in zip(raw, served[F.IMAGE].numpy()):
+        key = (e.features.feature[F.VOLUME_ID].bytes_list.value[0],
+               e.features.feature[F.SLICE_INDEX].int64_list.value[0])
+        np.testing.assert_allclose(image, by_key[key], atol=1e-6)
