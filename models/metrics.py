@@ -1,8 +1,17 @@
 """Segmentation metrics: stateful Keras 3 metrics (backend-neutral) and numpy helpers.
 
-``DiceCoefficient`` / ``IoUScore`` accumulate TP, FP and FN over every pixel of every batch seen
-(a pooled, "global" score, not a mean of per-image scores) and return 1.0 while both prediction
-and truth are empty.  Which pixels count as positive:
+Two ways to average, both per class (``class_id``):
+
+* pooled (default, ``per_image=False``): ``DiceCoefficient`` / ``IoUScore`` accumulate TP, FP and
+  FN over every pixel of every batch seen (a "global" score, dominated by large organs) and
+  return 1.0 while both prediction and truth are empty.
+* per-slice mean (``per_image=True``, or the aliases ``MeanSliceDice`` / ``MeanSliceIoU``): the
+  score of each image (2D slice) separately, averaged over all images seen; an image where
+  prediction and truth are both empty scores 1.0, one with only one of them empty scores 0.0.
+  ``sample_weight`` (one weight per image) gives a weighted mean.
+
+:func:`overlap_metrics` builds the set (Dice, IoU) x (pooled, per-slice) for every foreground
+class.  Which pixels count as positive:
 
 * C == 1 (sigmoid): ``y_pred >= threshold`` and ``y_true >= 0.5``.
 * C > 1 (softmax): ``argmax(y_pred) == class_id`` (``threshold`` unused); with
@@ -48,56 +57,125 @@ def _positives(y_true, y_pred, threshold, class_id):
     return ops.reshape(true, (batch, -1)), ops.reshape(pred, (batch, -1))
 
 
+def _dice_score(tp, fp, fn):
+    denom = 2.0 * tp + fp + fn
+    return ops.where(denom > 0, 2.0 * tp / ops.maximum(denom, 1e-12), 1.0)
+
+
+def _iou_score(tp, fp, fn):
+    denom = tp + fp + fn
+    return ops.where(denom > 0, tp / ops.maximum(denom, 1e-12), 1.0)
+
+
 class _OverlapMetric(keras.metrics.Metric):
-    def __init__(self, threshold=0.5, class_id=None, name=None, dtype=None):
+    """Shared state: pooled TP/FP/FN and the (weighted) sum/count of per-image scores."""
+
+    _score = staticmethod(_dice_score)
+
+    def __init__(self, threshold=0.5, class_id=None, per_image=False, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.threshold = float(threshold)
         self.class_id = class_id
+        self.per_image = bool(per_image)
         self.tp = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="tp")
         self.fp = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="fp")
         self.fn = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="fn")
+        self.score_sum = self.add_variable(shape=(), initializer="zeros", dtype="float32",
+                                           name="score_sum")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32",
+                                       name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         true, pred = _positives(y_true, y_pred, self.threshold, self.class_id)
-        tp_map = true * pred
-        if sample_weight is not None:  # per-image weights [B]
-            sw = ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1))
-            true, pred, tp_map = true * sw, pred * sw, tp_map * sw
-        tp = ops.sum(tp_map)
-        self.tp.assign_add(tp)
-        self.fp.assign_add(ops.sum(pred) - tp)
-        self.fn.assign_add(ops.sum(true) - tp)
+        tp = ops.sum(true * pred, axis=-1)  # [B]
+        fp = ops.sum(pred, axis=-1) - tp
+        fn = ops.sum(true, axis=-1) - tp
+        if sample_weight is None:
+            sw = ops.ones_like(tp)
+        else:  # per-image weights [B]
+            sw = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        self.tp.assign_add(ops.sum(tp * sw))
+        self.fp.assign_add(ops.sum(fp * sw))
+        self.fn.assign_add(ops.sum(fn * sw))
+        self.score_sum.assign_add(ops.sum(self._score(tp, fp, fn) * sw))
+        self.count.assign_add(ops.sum(sw))
+
+    def result(self):
+        if self.per_image:
+            return ops.where(self.count > 0, self.score_sum / ops.maximum(self.count, 1e-12), 1.0)
+        return self._score(self.tp, self.fp, self.fn)
 
     def reset_state(self):
-        for v in (self.tp, self.fp, self.fn):
+        for v in (self.tp, self.fp, self.fn, self.score_sum, self.count):
             v.assign(0.0)
 
     def get_config(self):
-        return {**super().get_config(), "threshold": self.threshold, "class_id": self.class_id}
+        return {**super().get_config(), "threshold": self.threshold, "class_id": self.class_id,
+                "per_image": self.per_image}
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class DiceCoefficient(_OverlapMetric):
-    """Pooled Dice = 2TP / (2TP + FP + FN); 1.0 when both are empty."""
+    """Dice = 2TP / (2TP + FP + FN): pooled over all pixels seen (default) or, with
+    ``per_image=True``, the mean over images of per-image Dice (an image where prediction and
+    truth are both empty scores 1.0).  Default name "dice" / "slice_dice"."""
 
-    def __init__(self, threshold=0.5, class_id=None, name="dice", dtype=None):
-        super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
+    _score = staticmethod(_dice_score)
 
-    def result(self):
-        denom = 2.0 * self.tp + self.fp + self.fn
-        return ops.where(denom > 0, 2.0 * self.tp / ops.maximum(denom, 1e-12), 1.0)
+    def __init__(self, threshold=0.5, class_id=None, per_image=False, name=None, dtype=None):
+        name = name or ("slice_dice" if per_image else "dice")
+        super().__init__(threshold=threshold, class_id=class_id, per_image=per_image, name=name,
+                         dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class IoUScore(_OverlapMetric):
-    """Pooled IoU (Jaccard) = TP / (TP + FP + FN); 1.0 when both are empty."""
+    """IoU (Jaccard) = TP / (TP + FP + FN): pooled (default) or per-image mean
+    (``per_image=True``; both empty -> 1.0).  Default name "iou" / "slice_iou"."""
 
-    def __init__(self, threshold=0.5, class_id=None, name="iou", dtype=None):
-        super().__init__(threshold=threshold, class_id=class_id, name=name, dtype=dtype)
+    _score = staticmethod(_iou_score)
 
-    def result(self):
-        denom = self.tp + self.fp + self.fn
-        return ops.where(denom > 0, self.tp / ops.maximum(denom, 1e-12), 1.0)
+    def __init__(self, threshold=0.5, class_id=None, per_image=False, name=None, dtype=None):
+        name = name or ("slice_iou" if per_image else "iou")
+        super().__init__(threshold=threshold, class_id=class_id, per_image=per_image, name=name,
+                         dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="unet3plus")
+class MeanSliceDice(DiceCoefficient):
+    """``DiceCoefficient(per_image=True)``: mean over slices of per-slice Dice."""
+
+    def __init__(self, threshold=0.5, class_id=None, per_image=True, name=None, dtype=None):
+        super().__init__(threshold=threshold, class_id=class_id, per_image=per_image, name=name,
+                         dtype=dtype)
+
+
+@keras.saving.register_keras_serializable(package="unet3plus")
+class MeanSliceIoU(IoUScore):
+    """``IoUScore(per_image=True)``: mean over slices of per-slice IoU."""
+
+    def __init__(self, threshold=0.5, class_id=None, per_image=True, name=None, dtype=None):
+        super().__init__(threshold=threshold, class_id=class_id, per_image=per_image, name=name,
+                         dtype=dtype)
+
+
+def overlap_metrics(num_classes: int = 1, threshold: float = 0.5, kinds=("dice", "iou"),
+                    per_image=(False, True)) -> list:
+    """Dice/IoU metrics per class, pooled and/or per-slice mean.
+
+    ``num_classes == 1``: one of each (names "dice", "iou", "slice_dice", "slice_iou");
+    ``num_classes > 1``: one per foreground class c = 1..C-1 (names suffixed ``_c<c>``).
+    """
+    classes = [None] if num_classes == 1 else list(range(1, num_classes))
+    out = []
+    for mode in per_image:
+        for kind in kinds:
+            cls = {"dice": DiceCoefficient, "iou": IoUScore}[kind]
+            for c in classes:
+                base = f"slice_{kind}" if mode else kind
+                out.append(cls(threshold=threshold, class_id=c, per_image=mode,
+                               name=base if c is None else f"{base}_c{c}"))
+    return out
 
 
 def dice_numpy(pred_bool, true_bool) -> float:
@@ -118,3 +196,13 @@ def iou_numpy(pred_bool, true_bool) -> float:
     if union == 0:
         return 1.0
     return int(np.logical_and(p, t).sum()) / union
+
+
+def mean_slice_dice_numpy(pred_bool, true_bool) -> float:
+    """Mean over the first axis (slices) of :func:`dice_numpy`."""
+    return float(np.mean([dice_numpy(p, t) for p, t in zip(pred_bool, true_bool)]))
+
+
+def mean_slice_iou_numpy(pred_bool, true_bool) -> float:
+    """Mean over the first axis (slices) of :func:`iou_numpy`."""
+    return float(np.mean([iou_numpy(p, t) for p, t in zip(pred_bool, true_bool)]))

@@ -31,7 +31,8 @@ from typing import Sequence
 import keras
 from keras import layers
 
-from models.blocks import ClassificationGate, conv_bn_relu, encoder_block, resample
+from models.blocks import BN_MOMENTUM, ClassificationGate, conv_bn_relu, resample
+from models.encoders import ENCODERS, build_encoder, check_encoder, encoder_depth
 
 VARIANTS = ("base", "ds", "ds_cgm")
 
@@ -66,13 +67,17 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
                     variant: str = "base",
                     dropout: float = 0.5,
                     name: str | None = None,
-                    cgm_gate_in_training: bool = True) -> keras.Model:
+                    cgm_gate_in_training: bool = True,
+                    bn_momentum: float = BN_MOMENTUM,
+                    encoder: str = "unet3plus") -> keras.Model:
     """Build a UNet 3+ model returning a dict of float32 outputs.
 
     Args:
-      input_shape: (H, W, C); H and W must be divisible by 2**(len(filters)-1) (16 by default).
+      input_shape: (H, W, C); H and W must be divisible by 2**(depth-1) (16 by default).
       num_classes: 1 -> sigmoid output; > 1 -> softmax over channels (channel 0 = background).
       filters: encoder widths per stage (the paper's UNet: 64..1024); len(filters) = depth.
+        Only used by ``encoder="unet3plus"``; ignored by the other encoders (fixed widths,
+        depth 5; see models/encoders.py).
       skip_filters: channels of every full-scale skip conv; decoder stages have
         depth * skip_filters channels (320 by default).
       variant: "base" | "ds" (deep supervision) | "ds_cgm" (ds + classification-guided module).
@@ -80,13 +85,18 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
       name: model name (default ``unet3plus_<variant>``).
       cgm_gate_in_training: gate the segmentation with the CGM decision in training too (the
         paper's setting).  False gates only at inference/evaluation (``training=False``).
+      bn_momentum: BatchNorm moving-statistics momentum (see models/blocks.py for why 0.9).
+      encoder: "unet3plus" (the paper's UNet encoder, default) | "vgg16" | "vgg19" |
+        "resnet50" (keras.applications topologies, trained from scratch; see
+        models/encoders.py).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     if num_classes < 1:
         raise ValueError("num_classes must be >= 1")
+    check_encoder(encoder)
     filters = tuple(int(f) for f in filters)
-    depth = len(filters)
+    depth = encoder_depth(encoder, filters)
     if depth < 2:
         raise ValueError("need at least two encoder stages")
     scale = 2 ** (depth - 1)
@@ -98,13 +108,7 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
     inputs = keras.Input(shape=tuple(input_shape), name="image")
 
     # ---- encoder -------------------------------------------------------------------------
-    enc = []
-    x = inputs
-    for i, f in enumerate(filters, start=1):
-        if i > 1:
-            x = layers.MaxPooling2D(pool_size=2, strides=2, name=f"enc{i}_pool")(x)
-        x = encoder_block(x, f, name=f"enc{i}")
-        enc.append(x)
+    enc = build_encoder(encoder, inputs, filters, bn_momentum=bn_momentum)
 
     # ---- decoder with full-scale skip connections ------------------------------------------
     fused_channels = depth * skip_filters
@@ -117,9 +121,10 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
             else:        # coarser decoder map (or bottleneck): bilinear upsample by 2^(k-i)
                 src, factor, tag = dec[k], -(2 ** (k - i)), (f"de{k}" if k < depth else f"en{k}")
             y = resample(src, factor, name=f"dec{i}_{tag}")
-            parts.append(conv_bn_relu(y, skip_filters, name=f"dec{i}_{tag}"))
+            parts.append(conv_bn_relu(y, skip_filters, name=f"dec{i}_{tag}",
+                                      bn_momentum=bn_momentum))
         x = layers.Concatenate(axis=-1, name=f"dec{i}_cat")(parts)
-        dec[i] = conv_bn_relu(x, fused_channels, name=f"dec{i}_fuse")
+        dec[i] = conv_bn_relu(x, fused_channels, name=f"dec{i}_fuse", bn_momentum=bn_momentum)
 
     # ---- heads ---------------------------------------------------------------------------
     gated = variant == "ds_cgm"
@@ -140,4 +145,5 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
         outputs["organ"] = organ
 
     outputs = {k: outputs[k] for k in model_output_names(variant, depth)}
-    return keras.Model(inputs=inputs, outputs=outputs, name=name or f"unet3plus_{variant}")
+    default_name = f"unet3plus_{variant}" if encoder == "unet3plus" else f"unet3plus_{encoder}_{variant}"
+    return keras.Model(inputs=inputs, outputs=outputs, name=name or default_name)

@@ -36,9 +36,13 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         preprocessing_fn=TRANSFORM_FN,
         custom_config={"image_shape": image_shape, "window": list(slices.window),
                        "normalization": config.transform.normalization},
-        # Transform's own pre/post statistics over image tensors are slow and huge;
-        # StatisticsGen already describes the raw data.
-        disable_statistics=True)
+        # Transform's own pre/post statistics would summarize every pixel of every image
+        # tensor (slow, and large in memory); StatisticsGen already describes the raw data,
+        # where images are single bytes features (length stats only).
+        disable_statistics=True,
+        # Materialized on purpose: Trainer and Evaluator read the transformed examples, so the
+        # decode + normalize runs once per example instead of once per epoch.
+        materialize=True)
     # Bad data stops the run here: Transform waits for the validation gate.
     transform.add_upstream_node(anomalies_gate)
     trainer = tfx.components.Trainer(

@@ -1,7 +1,8 @@
 """Tests for models/: UNet 3+ structure, variants, losses, metrics, training and saving.
 
 Tiny shapes throughout (32x32 / 64x64, filters (4, 8, 16, 32, 64), skip_filters 4); only the
-parameter-count test builds the paper-size model, without running it.
+parameter-count test builds the paper-size model, without running it.  The keras.applications
+encoders (fixed widths, 16-27 M parameters) are each built once, at 64x64x5 (one also at 32x32x3).
 """
 import numpy as np
 import pytest
@@ -10,7 +11,10 @@ import keras
 from keras import ops
 
 from models import losses as L
-from models.metrics import DiceCoefficient, IoUScore, dice_numpy, iou_numpy
+from models.encoders import ENCODERS, build_encoder
+from models.metrics import (DiceCoefficient, IoUScore, MeanSliceDice, MeanSliceIoU, dice_numpy,
+                            iou_numpy, mean_slice_dice_numpy, mean_slice_iou_numpy,
+                            overlap_metrics)
 from models.unet3plus import VARIANTS, build_unet3plus, model_output_names
 
 TINY = dict(filters=(4, 8, 16, 32, 64), skip_filters=4)
@@ -128,6 +132,79 @@ def test_cgm_forced_empty_gives_background(num_classes):
 
 
 # ------------------------------------------------------------------------------------------
+# Encoders
+# ------------------------------------------------------------------------------------------
+
+# encoder -> (layer names of the 5 maps, their channels, trainable params of ds_cgm at 64x64x5
+# with skip_filters 4)
+APP_ENCODERS = {
+    "vgg16": (("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3"),
+              (64, 128, 256, 512, 512), 14_874_518),
+    "vgg19": (("block1_conv2", "block2_conv2", "block3_conv4", "block4_conv4", "block5_conv4"),
+              (64, 128, 256, 512, 512), 20_184_214),
+    "resnet50": (("enc1_2_relu", "conv1_relu", "conv2_block3_out", "conv3_block4_out",
+                  "conv4_block6_out"), (64, 64, 256, 512, 1024), 8_835_606),
+}
+
+
+def test_encoder_names_and_default():
+    assert ENCODERS == ("unet3plus", "vgg16", "vgg19", "resnet50")
+    with pytest.raises(ValueError):
+        build_unet3plus((32, 32, 1), encoder="nope", **TINY)
+    # the default encoder is the paper's: same layers as before the encoder option existed
+    inp = keras.Input((32, 32, 1))
+    feats = build_encoder("unet3plus", inp, TINY["filters"])
+    assert [tuple(f.shape[1:]) for f in feats] == [(32 // 2 ** i, 32 // 2 ** i, c)
+                                                  for i, c in enumerate(TINY["filters"])]
+    model = tiny("base", size=32, encoder="unet3plus")
+    assert model.name == "unet3plus_base"
+    assert model.get_layer("enc5_2_relu").output.shape[-1] == 64
+
+
+@pytest.mark.parametrize("encoder", list(APP_ENCODERS))
+def test_application_encoder(encoder):
+    """64x64x5 input (2.5D), ds_cgm: right output shapes, feature maps at scales 1..1/16 with the
+    encoder's widths, flattened into the model, filters ignored, nothing beyond 1/16 built."""
+    names, channels, n_trainable = APP_ENCODERS[encoder]
+    keras.backend.clear_session()
+    model = build_unet3plus((64, 64, 5), variant="ds_cgm", encoder=encoder, **TINY)
+    assert model.name == f"unet3plus_{encoder}_ds_cgm"
+    for i, (name, ch) in enumerate(zip(names, channels)):
+        side = 64 // 2 ** i
+        assert tuple(model.get_layer(name).output.shape[1:]) == (side, side, ch), name
+    # decoder skip convs adapt to the encoder's channels; the fuse width is unchanged
+    assert model.get_layer("dec4_en4_conv").kernel.shape == (3, 3, channels[3], 4)
+    assert model.get_layer("dec1_en5_conv").kernel.shape == (3, 3, channels[4], 4)
+    assert model.get_layer("dec1_cat").output.shape[-1] == 20
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == n_trainable
+    first = model.get_layer("enc1_1_conv" if encoder == "resnet50" else "block1_conv1")
+    assert first.kernel.shape[2] == 5
+    layer_names = {layer.name for layer in model.layers}
+    assert not any(n.startswith(("conv5_", "block5_pool")) for n in layer_names)
+    if encoder == "resnet50":
+        assert model.get_layer("conv1_conv").kernel.shape == (7, 7, 5, 64)
+        bns = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+        assert bns and all(la.momentum == pytest.approx(0.9) for la in bns)
+    x = np.random.default_rng(7).random((2, 64, 64, 5), dtype=np.float32)
+    out = model(x, training=False)
+    assert list(out) == model_output_names("ds_cgm")
+    for key, val in out.items():
+        v = _np(val)
+        assert v.shape == ((2, 1) if key == "organ" else (2, 64, 64, 1)), (key, v.shape)
+        assert np.all(np.isfinite(v)) and v.min() >= 0.0 and v.max() <= 1.0
+
+
+def test_application_encoder_rgb_base():
+    keras.backend.clear_session()
+    model = build_unet3plus((32, 32, 3), variant="base", encoder="vgg16", skip_filters=4)
+    assert model.get_layer("block1_conv1").kernel.shape == (3, 3, 3, 64)
+    out = model(np.ones((1, 32, 32, 3), np.float32), training=False)
+    assert list(out) == ["mask"] and tuple(out["mask"].shape) == (1, 32, 32, 1)
+    with pytest.raises(ValueError):
+        build_unet3plus((40, 40, 3), encoder="vgg16")  # not divisible by 16
+
+
+# ------------------------------------------------------------------------------------------
 # Losses
 # ------------------------------------------------------------------------------------------
 
@@ -231,6 +308,67 @@ def test_metrics_pooled_and_numpy():
     assert iou_numpy([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(1 / 2)
 
 
+def _slice_example():
+    """Four 4x4 slices: perfect (Dice 1, IoU 1), half found (2/3, 1/2), both empty (1, 1),
+    false positive on an empty slice (0, 0)."""
+    true = np.zeros((4, 4, 4, 1), np.float32)
+    pred = np.zeros((4, 4, 4, 1), np.float32)
+    true[0, :2, :2] = 1
+    pred[0, :2, :2] = 0.9
+    true[1, 2:, 2:] = 1
+    pred[1, 2:, 3:] = 0.8
+    pred[3, 0, :3] = 0.7
+    return true, pred
+
+
+def test_mean_slice_metrics_hand_made():
+    true, pred = _slice_example()
+    sd, si = MeanSliceDice(), MeanSliceIoU()
+    pd, pi = DiceCoefficient(), IoUScore()
+    for m in (sd, si, pd, pi):
+        m.update_state(true[:2], pred[:2])  # two batches: the mean runs over all slices seen
+        m.update_state(true[2:], pred[2:])
+    assert float(sd.result()) == pytest.approx((1 + 2 / 3 + 1 + 0) / 4)
+    assert float(si.result()) == pytest.approx((1 + 1 / 2 + 1 + 0) / 4)
+    # pooled: TP 6, FP 3, FN 2
+    assert float(pd.result()) == pytest.approx(12 / 17)
+    assert float(pi.result()) == pytest.approx(6 / 11)
+    assert mean_slice_dice_numpy(pred >= 0.5, true >= 0.5) == pytest.approx(2 / 3)
+    assert mean_slice_iou_numpy(pred >= 0.5, true >= 0.5) == pytest.approx(0.625)
+    assert (sd.name, si.name, pd.name) == ("slice_dice", "slice_iou", "dice")
+    # per_image=True on the base class is the same metric; weights give a weighted mean
+    d = DiceCoefficient(per_image=True)
+    d.update_state(true, pred, sample_weight=np.array([2.0, 0.0, 1.0, 1.0]))
+    assert float(d.result()) == pytest.approx((2 * 1 + 1) / 4)
+    d.reset_state()
+    assert float(d.result()) == 1.0
+    d.update_state(true[3:], pred[3:])
+    assert float(d.result()) == 0.0
+    back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(sd))
+    assert isinstance(back, MeanSliceDice) and back.per_image and back.name == "slice_dice"
+
+
+def test_mean_slice_metrics_per_class():
+    labels = np.zeros((2, 4, 4), np.int64)
+    labels[0, :2] = 1            # slice 0: class 1 only
+    labels[1, 3, :2] = 2         # slice 1: class 2 only
+    onehot = np.eye(3, dtype=np.float32)[labels]
+    pred = onehot.copy()
+    pred[0, 0, 0] = [0.1, 0.0, 0.9]  # slice 0: one class-1 pixel predicted as class 2
+    got = {}
+    for m in overlap_metrics(3):
+        m.update_state(onehot, pred)
+        got[m.name] = float(m.result())
+    assert set(got) == {"dice_c1", "dice_c2", "iou_c1", "iou_c2",
+                        "slice_dice_c1", "slice_dice_c2", "slice_iou_c1", "slice_iou_c2"}
+    assert got["dice_c1"] == pytest.approx(14 / 15)
+    assert got["slice_dice_c1"] == pytest.approx((14 / 15 + 1.0) / 2)  # slice 1: both empty
+    assert got["dice_c2"] == pytest.approx(2 * 2 / (2 * 2 + 1))
+    assert got["slice_dice_c2"] == pytest.approx((0.0 + 1.0) / 2)  # slice 0: FP only
+    assert got["slice_iou_c2"] == pytest.approx(0.5)
+    assert [m.name for m in overlap_metrics(1)] == ["dice", "iou", "slice_dice", "slice_iou"]
+
+
 def test_metrics_multiclass():
     labels = np.zeros((1, 4, 4), np.int64)
     labels[0, :2] = 1
@@ -262,7 +400,7 @@ def _compile(model, loss="hybrid", lr=0.05):
     losses = {k: (keras.losses.BinaryCrossentropy() if k == "organ" else L.get_loss(loss))
               for k in model.output_names}
     model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss=losses, jit_compile=False,
-                  metrics={"mask": [DiceCoefficient(), IoUScore()]})
+                  metrics={"mask": [DiceCoefficient(), IoUScore(), MeanSliceDice()]})
 
 
 HEADS = [f"head{k}_conv" for k in range(1, 6)] + ["cgm_conv"]
@@ -286,7 +424,8 @@ def fitted_cgm():
 def test_fit_step_updates_every_head(fitted_cgm):
     model, before, hist, _ = fitted_cgm
     assert np.isfinite(hist.history["loss"][0])
-    assert {"mask_dice", "mask_iou", "organ_loss", "mask_ds5_loss"} <= set(hist.history)
+    assert {"mask_dice", "mask_iou", "mask_slice_dice", "organ_loss",
+            "mask_ds5_loss"} <= set(hist.history)
     for h in HEADS:
         assert not np.allclose(_np(model.get_layer(h).kernel), before[h]), h
 
