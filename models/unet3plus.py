@@ -4,6 +4,9 @@ Structure (defaults = the paper's configuration):
 
 * Encoder: 5 stages X_En^1..X_En^5 of two (3x3 conv, BN, ReLU) units with ``filters`` channels,
   2x2 max-pool between stages (the paper's plain UNet backbone).  X_De^5 = X_En^5.
+  ``encoder="vgg16" | "vgg19" | "resnet50"`` swaps in a keras.applications backbone (trained from
+  scratch, ``filters`` ignored) that also yields 5 maps at scales 1..1/16; the decoder's skip
+  convs take its channel counts (models/encoders.py).
 * Decoder stage X_De^i (i = 4..1) takes all five scales (paper Eq. 1):
   X_En^k for k < i max-pooled by 2^(i-k), X_En^i as is, X_De^k for k > i bilinearly upsampled
   by 2^(k-i); each goes through 3x3 conv -> ``skip_filters`` + BN + ReLU, the five maps are
@@ -22,7 +25,9 @@ Outputs are always a dict (see :func:`model_output_names`) of float32 tensors, s
 safe under ``keras.mixed_precision.set_dtype_policy("mixed_bfloat16")``.
 
 Parameter count at 320x320x3, 1 class, default widths: 26,971,777 trainable (paper: 26.97 M),
-26,984,833 including the BatchNorm moving statistics.
+26,984,833 including the BatchNorm moving statistics.  Same setting, base variant, other
+encoders (trainable): vgg16 21.66 M, vgg19 26.97 M, resnet50 16.61 M.  Forward FLOPs:
+bench/model_flops.py (617.7 GFLOPs = 2 x multiply-adds per 320x320 image for the default).
 """
 from __future__ import annotations
 
@@ -145,5 +150,5 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
         outputs["organ"] = organ
 
     outputs = {k: outputs[k] for k in model_output_names(variant, depth)}
-    default_name = f"unet3plus_{variant}" if encoder == "unet3plus" else f"unet3plus_{encoder}_{variant}"
-    return keras.Model(inputs=inputs, outputs=outputs, name=name or default_name)
+    default = f"unet3plus_{variant}" if encoder == "unet3plus" else f"unet3plus_{encoder}_{variant}"
+    return keras.Model(inputs=inputs, outputs=outputs, name=name or default)

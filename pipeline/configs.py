@@ -50,10 +50,13 @@ class TransformConfig:
 @dataclasses.dataclass
 class ModelConfig:
     variant: str = "base"                                # base | ds | ds_cgm
+    encoder: str = "unet3plus"          # unet3plus (the paper's) | vgg16 | vgg19 | resnet50
     filters: Tuple[int, ...] = (64, 128, 256, 512, 1024)
     skip_filters: int = 64
     loss: str = "hybrid"                                 # hybrid | dice | bce | bce_dice | ...
     loss_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)   # focal, MS-SSIM, IoU
+    deep_supervision_weight: float = 1.0   # weight of each side output's loss (ds variants)
+    cgm_weight: float = 1.0                # weight of the organ classifier's BCE (ds_cgm)
 
 
 @dataclasses.dataclass
@@ -62,6 +65,11 @@ class TrainConfig:
     eval_steps: int = 50
     batch_size: int = 8
     learning_rate: float = 1e-3
+    optimizer: str = "adam"         # adam | adamw | sgd
+    lr_schedule: str = "cosine"     # cosine | poly | constant (cosine and poly warm up first)
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4      # adamw only
+    early_stopping_patience: int = 0   # epochs without a better validation Dice; 0 = off
     precision: str = "auto"     # auto | fp32 | mixed_bfloat16 | mixed_float16
     xla: str = "auto"           # auto | on | off
     shuffle_buffer: int = 256   # examples; TFX's default of 10,000 images would need GBs

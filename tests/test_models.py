@@ -166,7 +166,6 @@ def test_application_encoder(encoder):
     """64x64x5 input (2.5D), ds_cgm: right output shapes, feature maps at scales 1..1/16 with the
     encoder's widths, flattened into the model, filters ignored, nothing beyond 1/16 built."""
     names, channels, n_trainable = APP_ENCODERS[encoder]
-    keras.backend.clear_session()
     model = build_unet3plus((64, 64, 5), variant="ds_cgm", encoder=encoder, **TINY)
     assert model.name == f"unet3plus_{encoder}_ds_cgm"
     for i, (name, ch) in enumerate(zip(names, channels)):
@@ -195,7 +194,6 @@ def test_application_encoder(encoder):
 
 
 def test_application_encoder_rgb_base():
-    keras.backend.clear_session()
     model = build_unet3plus((32, 32, 3), variant="base", encoder="vgg16", skip_filters=4)
     assert model.get_layer("block1_conv1").kernel.shape == (3, 3, 3, 64)
     out = model(np.ones((1, 32, 32, 3), np.float32), training=False)
@@ -496,3 +494,31 @@ def test_save_load_keras_and_saved_model(tmp_path, fitted_cgm):
     got = restored.serve(tf.constant(x))
     for k in model.output_names:
         np.testing.assert_allclose(got[k].numpy(), ref[k], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# bench/model_flops.py counting rules
+# ------------------------------------------------------------------------------------------
+
+def test_model_flops_counting():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "bench", "model_flops.py")
+    spec = importlib.util.spec_from_file_location("model_flops", path)
+    mf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mf)
+
+    inp = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inp)             # 8x8x4
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", use_bias=False)(x)  # 4x4x6
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear")(x)             # 8x8x6
+    r = mf.count(keras.Model(inp, x))
+    assert r["flops"] == 2 * (9 * 2 * 4 * 64 + 9 * 4 * 6 * 16)
+    assert r["other"] == 4 * 64 + 2 * 96 + 96 + 6 * 384
+    assert r["params"] == (9 * 2 * 4 + 4) + 9 * 4 * 6 + 4 * 6 and r["unknown"] == []
+    # the default paper model at 128x128: conv FLOPs as counted (= TF profiler's Conv2D count)
+    assert mf.count(build_unet3plus((128, 128, 3)))["flops"] == 98_826_190_848

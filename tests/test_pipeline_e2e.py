@@ -9,36 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ml_metadata.proto import metadata_store_pb2
-
-import local_runner
-from pipeline.summary import _open_store, collect_run_summary
+from conftest import artifact_uris as _artifact_uris
 from preprocessing import features as F
 
 pytestmark = pytest.mark.pipeline
-
-CACHED = metadata_store_pb2.Execution.CACHED
-COMPLETE = metadata_store_pb2.Execution.COMPLETE
-
-
-def _run(output_dir: str) -> dict:
-    assert local_runner.main(["--profile", "tiny", "--output_dir", output_dir]) == 0
-    summary = collect_run_summary(os.path.join(output_dir, "metadata.sqlite"))
-    assert summary is not None
-    return summary
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    output_dir = str(tmp_path_factory.mktemp("pipeline"))
-    first = _run(output_dir)
-    second = _run(output_dir)
-    return output_dir, first, second
-
-
-def _artifact_uris(output_dir: str, component: str, output: str):
-    return sorted(glob.glob(os.path.join(output_dir, "pipeline", component, output, "*")),
-                  key=lambda p: int(os.path.basename(p)))
 
 
 def _read_examples(pattern: str):

@@ -6,6 +6,8 @@ with the model for predict.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -20,27 +22,48 @@ from models.unet3plus import build_unet3plus, model_output_names
 from trainer.device import resolve_device_settings
 from trainer.export import export_serving_model
 from trainer.inputs import make_dataset
+from trainer.optim import make_learning_rate, make_optimizer
 
 BEST_WEIGHTS = "best.weights.h5"
+RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.BackupAndRestore
 
 
-def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile: bool):
+def resume_directory(fn_args) -> str:
+    """Where an interrupted Trainer left its last epoch. Keyed by the training inputs and
+    config, not by the execution (each pipeline run gets a new model_run_dir), so running the
+    pipeline again after a kill resumes instead of starting over."""
+    key = hashlib.sha256(json.dumps({
+        "train": list(fn_args.train_files), "eval": list(fn_args.eval_files),
+        "transform": fn_args.transform_output, "steps": int(fn_args.train_steps),
+        "config": fn_args.custom_config}, sort_keys=True, default=str).encode()).hexdigest()
+    trainer_root = os.path.dirname(os.path.dirname(os.path.abspath(fn_args.model_run_dir)))
+    return os.path.join(trainer_root, "resume", key[:16])
+
+
+def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile: bool,
+                      total_steps: int):
     model = build_unet3plus(input_shape=tuple(image_shape), num_classes=1,
                             filters=tuple(model_cfg["filters"]),
                             skip_filters=int(model_cfg["skip_filters"]),
-                            variant=model_cfg["variant"])
+                            variant=model_cfg["variant"], encoder=model_cfg["encoder"])
     w_focal, w_ms_ssim, w_iou = model_cfg["loss_weights"]
     loss_kwargs = ({"w_focal": w_focal, "w_ms_ssim": w_ms_ssim, "w_iou": w_iou}
                    if model_cfg["loss"] == "hybrid" else {})
-    losses, metrics = {}, {}
+    losses, weights = {}, {}
     for name in model_output_names(model_cfg["variant"]):
         if name == "organ":
-            losses[name] = get_loss("bce")
+            losses[name], weights[name] = get_loss("bce"), float(model_cfg["cgm_weight"])
         else:
             losses[name] = get_loss(model_cfg["loss"], **loss_kwargs)
-    metrics["mask"] = [DiceCoefficient(name="dice")]
-    model.compile(optimizer=keras.optimizers.Adam(float(train_cfg["learning_rate"])),
-                  loss=losses, metrics=metrics, jit_compile=jit_compile)
+            weights[name] = 1.0 if name == "mask" else float(model_cfg["deep_supervision_weight"])
+    learning_rate = make_learning_rate(train_cfg["lr_schedule"], float(train_cfg["learning_rate"]),
+                                       total_steps, int(train_cfg["warmup_steps"]))
+    optimizer = make_optimizer(train_cfg["optimizer"], learning_rate,
+                               float(train_cfg["weight_decay"]))
+    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
+                  metrics={"mask": [DiceCoefficient(name="dice"),
+                                    DiceCoefficient(per_image=True, name="slice_dice")]},
+                  jit_compile=jit_compile)
     return model
 
 
@@ -52,11 +75,17 @@ def run_fn(fn_args) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = tf_transform_output.transformed_feature_spec()
 
+    total_steps = int(fn_args.train_steps)
+    steps_per_epoch = min(int(train_cfg["steps_per_epoch"]), total_steps)
+    epochs = max(1, math.ceil(total_steps / steps_per_epoch))
     with device.strategy().scope():
-        model = build_and_compile(model_cfg, train_cfg, image_shape, device.jit_compile)
-    logging.info("UNet 3+ %s: %s parameters, filters %s, skip %s, loss %s, policy %s, XLA %s",
-                 model_cfg["variant"], f"{model.count_params():,}", model_cfg["filters"],
-                 model_cfg["skip_filters"], model_cfg["loss"], device.policy, device.jit_compile)
+        model = build_and_compile(model_cfg, train_cfg, image_shape, device.jit_compile,
+                                  epochs * steps_per_epoch)
+    logging.info("UNet 3+ %s: %s parameters, filters %s, skip %s, loss %s, %s with %s lr, "
+                 "policy %s, XLA %s", model_cfg["variant"], f"{model.count_params():,}",
+                 model_cfg["filters"], model_cfg["skip_filters"], model_cfg["loss"],
+                 train_cfg["optimizer"], train_cfg["lr_schedule"], device.policy,
+                 device.jit_compile)
 
     batch = int(train_cfg["batch_size"])
     outputs = model_output_names(model_cfg["variant"])
@@ -64,18 +93,27 @@ def run_fn(fn_args) -> None:
                             shuffle_buffer=int(train_cfg["shuffle_buffer"]))
     eval_ds = make_dataset(fn_args.eval_files, spec, outputs, batch, shuffle=False)
 
-    total_steps = int(fn_args.train_steps)
-    steps_per_epoch = min(int(train_cfg["steps_per_epoch"]), total_steps)
-    epochs = max(1, math.ceil(total_steps / steps_per_epoch))
     best_path = os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)
     # Keras names a metric after its output only when the model has several outputs.
     monitor = "val_dice" if len(outputs) == 1 else "val_mask_dice"
+    resume_dir = resume_directory(fn_args)
+    metadata_path = os.path.join(resume_dir, RESUME_METADATA)
+    if os.path.exists(metadata_path):
+        with open(metadata_path) as f:
+            logging.info("Resuming interrupted training at epoch %d of %d (checkpoint in %s)",
+                         json.load(f)["epoch"], epochs, resume_dir)
     callbacks = [
+        # Saves weights, optimizer state and epoch after every epoch; restores them on start;
+        # deletes them when training completes.
+        keras.callbacks.BackupAndRestore(resume_dir, save_freq="epoch"),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         # The exported model is the one with the best validation Dice, not the last one.
         keras.callbacks.ModelCheckpoint(best_path, monitor=monitor, mode="max",
                                         save_best_only=True, save_weights_only=True),
     ]
+    if int(train_cfg["early_stopping_patience"]) > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=monitor, mode="max", patience=int(train_cfg["early_stopping_patience"])))
     logging.info("Training %d steps (%d epochs x %d), batch %d, validating on %d batches",
                  epochs * steps_per_epoch, epochs, steps_per_epoch, batch, fn_args.eval_steps)
     start = time.time()
@@ -84,8 +122,11 @@ def run_fn(fn_args) -> None:
                         callbacks=callbacks, verbose=2)
     elapsed = time.time() - start
     val_dice = history.history.get(monitor, [float("nan")])
-    logging.info("Trained in %.0f s (%.1f images/s); validation Dice per epoch: %s", elapsed,
-                 epochs * steps_per_epoch * batch / elapsed, [round(v, 4) for v in val_dice])
+    epochs_run = len(history.epoch)
+    logging.info("Ran %d of %d epochs in %.0f s (%.1f images/s incl. validation); validation "
+                 "Dice per epoch: %s", epochs_run, epochs, elapsed,
+                 epochs_run * steps_per_epoch * batch / max(elapsed, 1e-9),
+                 [round(v, 4) for v in val_dice])
     if os.path.exists(best_path):
         model.load_weights(best_path)
         logging.info("Exporting the best epoch (validation Dice %.4f)", max(val_dice))
