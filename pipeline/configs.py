@@ -143,16 +143,27 @@ def profile_config(profile: str) -> PipelineConfig:
     raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
 
 
+# Flag name -> (section of PipelineConfig, field): the settings a runner flag may override.
+OVERRIDABLE = {
+    "num_cases": ("synthetic", "num_cases"),
+    "train_steps": ("train", "train_steps"),
+    "batch_size": ("train", "batch_size"),
+    "precision": ("train", "precision"),
+    "xla": ("train", "xla"),
+    "normalization": ("transform", "normalization"),
+}
+
+
 def make_config(profile: str = "demo", output_dir: str = "outputs",
                 data_root: Optional[str] = None, pipeline_root: Optional[str] = None,
                 metadata_path: Optional[str] = None, serving_dir: Optional[str] = None,
-                train_steps: Optional[int] = None, batch_size: Optional[int] = None,
-                precision: Optional[str] = None, xla: Optional[str] = None,
-                normalization: Optional[str] = None,
-                num_cases: Optional[int] = None, enable_cache: bool = True,
-                beam_pipeline_args: Optional[List[str]] = None,
-                pipeline_name: str = PIPELINE_NAME) -> PipelineConfig:
-    """A profile's defaults with the given overrides; paths default to under `output_dir`."""
+                enable_cache: bool = True, beam_pipeline_args: Optional[List[str]] = None,
+                pipeline_name: str = PIPELINE_NAME, **overrides) -> PipelineConfig:
+    """A profile's defaults with the given overrides (keys of OVERRIDABLE; None keeps the
+    profile's value); paths default to under `output_dir`."""
+    unknown = set(overrides) - set(OVERRIDABLE)
+    if unknown:
+        raise TypeError(f"unknown settings {sorted(unknown)}; overridable: {sorted(OVERRIDABLE)}")
     config = profile_config(profile)
     output_dir = os.path.abspath(output_dir)
     config.pipeline_name = pipeline_name
@@ -161,18 +172,10 @@ def make_config(profile: str = "demo", output_dir: str = "outputs",
                                            os.path.join(output_dir, "metadata.sqlite"))
     config.serving_dir = os.path.abspath(serving_dir or os.path.join(output_dir, "serving_model"))
     config.data_root = os.path.abspath(data_root) if data_root else None
-    if num_cases is not None:
-        config.synthetic.num_cases = num_cases
-    if train_steps is not None:
-        config.train.train_steps = train_steps
-    if batch_size is not None:
-        config.train.batch_size = batch_size
-    if precision is not None:
-        config.train.precision = precision
-    if xla is not None:
-        config.train.xla = xla
-    if normalization is not None:
-        config.transform.normalization = normalization
+    for name, value in overrides.items():
+        if value is not None:
+            section, field = OVERRIDABLE[name]
+            setattr(getattr(config, section), field, value)
     if beam_pipeline_args is not None:
         config.beam_pipeline_args = beam_pipeline_args
     config.enable_cache = enable_cache
