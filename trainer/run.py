@@ -23,6 +23,7 @@ from trainer.device import resolve_device_settings
 from trainer.export import export_serving_model
 from trainer.inputs import make_dataset
 from trainer.optim import make_learning_rate, make_optimizer
+from trainer.tensorboard_images import SegmentationImages
 
 BEST_WEIGHTS = "best.weights.h5"
 RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.BackupAndRestore
@@ -67,6 +68,11 @@ def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile
     return model
 
 
+def _first_batch(dataset):
+    images, targets = next(iter(dataset))
+    return images.numpy(), targets["mask"].numpy()
+
+
 def run_fn(fn_args) -> None:
     cfg = fn_args.custom_config
     model_cfg, train_cfg, image_shape = cfg["model"], cfg["train"], cfg["image_shape"]
@@ -107,6 +113,7 @@ def run_fn(fn_args) -> None:
         # deletes them when training completes.
         keras.callbacks.BackupAndRestore(resume_dir, save_freq="epoch"),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+        SegmentationImages(fn_args.model_run_dir, *_first_batch(eval_ds)),
         # The exported model is the one with the best validation Dice, not the last one.
         keras.callbacks.ModelCheckpoint(best_path, monitor=monitor, mode="max",
                                         save_best_only=True, save_weights_only=True),
