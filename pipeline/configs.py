@@ -72,6 +72,8 @@ class TrainConfig:
     early_stopping_patience: int = 0   # epochs without a better validation Dice; 0 = off
     precision: str = "auto"     # auto | fp32 | mixed_bfloat16 | mixed_float16
     xla: str = "auto"           # auto | on | off
+    gpus: str = "all"           # all | N (the first N) | "0,2" (those ids)
+    cpu_replicas: int = 1       # >1 on a CPU-only machine: that many logical CPU replicas
     shuffle_buffer: int = 256   # examples; TFX's default of 10,000 images would need GBs
     steps_per_epoch: int = 100  # how often validation and TensorBoard run
 

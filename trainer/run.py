@@ -19,7 +19,7 @@ import tensorflow_transform as tft
 from models.losses import get_loss
 from models.metrics import DiceCoefficient
 from models.unet3plus import build_unet3plus, model_output_names
-from trainer.device import resolve_device_settings
+from trainer.device import resolve_device_settings, synchronize_batch_norm
 from trainer.export import export_serving_model
 from trainer.inputs import make_dataset
 from trainer.optim import make_learning_rate, make_optimizer
@@ -76,7 +76,8 @@ def _first_batch(dataset):
 def run_fn(fn_args) -> None:
     cfg = fn_args.custom_config
     model_cfg, train_cfg, image_shape = cfg["model"], cfg["train"], cfg["image_shape"]
-    device = resolve_device_settings(train_cfg["precision"], train_cfg["xla"])
+    device = resolve_device_settings(train_cfg["precision"], train_cfg["xla"],
+                                     train_cfg["gpus"], int(train_cfg["cpu_replicas"]))
     device.apply()
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = tf_transform_output.transformed_feature_spec()
@@ -87,6 +88,8 @@ def run_fn(fn_args) -> None:
     with device.strategy().scope():
         model = build_and_compile(model_cfg, train_cfg, image_shape, device.jit_compile,
                                   epochs * steps_per_epoch)
+        if device.replicas > 1:
+            synchronize_batch_norm(model)
     logging.info("UNet 3+ %s: %s parameters, filters %s, skip %s, loss %s, %s with %s lr, "
                  "policy %s, XLA %s", model_cfg["variant"], f"{model.count_params():,}",
                  model_cfg["filters"], model_cfg["skip_filters"], model_cfg["loss"],
