@@ -1,0 +1,111 @@
+"""Training throughput of UNet 3+ (images/s of full train steps: forward, hybrid loss, backward,
+optimizer), for a precision / XLA setting, compared in the same run with fp32 without XLA.
+
+    .venv/bin/python bench/train_throughput.py --size 128 --batch 4 --steps 10 \\
+        --variant base --precision auto --xla auto [--widths paper|demo] [--input synthetic]
+
+--input synthetic feeds one random batch held in memory (model speed alone); --input tfdata
+reads Transform output (--examples DIR with Split-train/) through trainer/inputs.py. Prints,
+last, the images/s of the chosen setting and of the fp32 baseline, and their ratio. Each
+setting runs in its own process (precision policies are global).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDTHS = {"paper": ((64, 128, 256, 512, 1024), 64), "demo": ((16, 32, 64, 128, 256), 16)}
+
+
+def measure(args) -> dict:
+    """Runs in a child process: one setting."""
+    sys.path.insert(0, REPO)
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer.device import resolve_device_settings
+    from trainer.run import build_and_compile
+
+    device = resolve_device_settings(args.precision, args.xla)
+    device.apply()
+    filters, skip = WIDTHS[args.widths]
+    model_cfg = {"filters": filters, "skip_filters": skip, "variant": args.variant,
+                 "encoder": "unet3plus", "loss": "hybrid", "loss_weights": [1, 1, 1],
+                 "deep_supervision_weight": 1.0, "cgm_weight": 1.0}
+    train_cfg = {"learning_rate": 1e-3, "optimizer": "adam", "lr_schedule": "constant",
+                 "warmup_steps": 0, "weight_decay": 0.0}
+    model = build_and_compile(model_cfg, train_cfg, (args.size, args.size, args.channels),
+                              device.jit_compile, args.steps + args.warmup)
+    names = list(model.output_shape.keys()) if isinstance(model.output_shape, dict) else ["mask"]
+    if args.input == "synthetic":
+        rng = np.random.default_rng(0)
+        x = rng.random((args.batch, args.size, args.size, args.channels), np.float32)
+        mask = (x[..., :1] > 0.5).astype(np.float32)
+        y = {n: (mask.max(axis=(1, 2)) if n == "organ" else mask) for n in names}
+        data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    else:
+        import tensorflow_transform as tft
+
+        from trainer.inputs import make_dataset
+        spec = tft.TFTransformOutput(args.transform_graph).transformed_feature_spec()
+        data = make_dataset([os.path.join(args.examples, "Split-train", "*")], spec, names,
+                            args.batch, shuffle=True)
+    model.fit(data, steps_per_epoch=args.warmup, epochs=1, verbose=0)   # trace + warm up
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0)
+    elapsed = time.perf_counter() - start
+    return {"policy": device.policy, "xla": device.jit_compile,
+            "images_per_s": args.steps * args.batch / elapsed}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--variant", default="base", choices=("base", "ds", "ds_cgm"))
+    p.add_argument("--widths", default="paper", choices=tuple(WIDTHS))
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--xla", default="auto")
+    p.add_argument("--input", default="synthetic", choices=("synthetic", "tfdata"))
+    p.add_argument("--examples", help="Transform's transformed_examples/<id> dir (tfdata)")
+    p.add_argument("--transform_graph", help="Transform's transform_graph/<id> dir (tfdata)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(measure(args)))
+        return 0
+    results = {}
+    for label, precision, xla in (("chosen", args.precision, args.xla),
+                                  ("fp32 baseline", "fp32", "off")):
+        settings = dict(vars(args), precision=precision, xla=xla)
+        cmd = [sys.executable, __file__, "--child"] + [
+            f"--{k}={v}" for k, v in settings.items() if k != "child" and v is not None]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        if out.returncode != 0 or not lines:
+            print(out.stderr[-3000:])
+            return 1
+        results[label] = json.loads(lines[-1][len("RESULT "):])
+        r = results[label]
+        print(f"{label:14s} policy {r['policy']:15s} XLA {str(r['xla']):5s} "
+              f"{r['images_per_s']:.2f} images/s")
+    chosen, base = results["chosen"], results["fp32 baseline"]
+    print(f"UNet 3+ {args.variant} {args.widths} widths {args.size}x{args.size} batch "
+          f"{args.batch}: {chosen['images_per_s']:.2f} images/s ({chosen['policy']}, XLA "
+          f"{chosen['xla']}) vs fp32 {base['images_per_s']:.2f} images/s: "
+          f"{chosen['images_per_s'] / base['images_per_s']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
