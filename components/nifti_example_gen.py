@@ -1,36 +1,43 @@
-"""NiftiExampleGen: a FileBasedExampleGen whose Beam executor turns NIfTI CT volumes (LiTS layout)
-into 2.5D slice tf.Examples with a patient-level split.
+"""NiftiExampleGen: a FileBasedExampleGen whose Beam executor turns NIfTI CT volumes (LiTS layout,
+or any files listed in a CSV manifest) into 2.5D slice tf.Examples with a patient-level split.
 
-The executor is a thin adapter: it discovers the cases, assigns splits, and calls the Beam
-transform in preprocessing/beam_convert.py. Beside the split folders it writes
-`quarantine.jsonl` (one line per rejected case: file, case id, reason), `cases.jsonl` (one line
-per converted case) and `conversion_summary.json`, and fails the run, naming the cases, when the
-bad fraction exceeds `max_bad_fraction` or nothing is left.
+The executor is a thin adapter around preprocessing/beam_convert.py (which the standalone
+converter, preprocessing/convert.py, runs too): it discovers the cases, assigns splits, runs the
+conversion and writes each split as shuffled gzip TFRecord shards itself (two passes, memory
+bounded by about one case per worker; see beam_convert.write_examples) instead of TFX's WriteSplit,
+which reshuffles every example through the runner and compresses at level 6. Beside the split
+folders it writes `quarantine.jsonl` (one line per rejected case: file, case id, reason),
+`cases.jsonl` (one line per converted case) and `conversion_summary.json`, and fails the run,
+naming the cases, when the bad fraction exceeds `max_bad_fraction` or nothing is left.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, Optional
 
 import apache_beam as beam
 from google.protobuf import any_pb2, json_format, struct_pb2
+from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen import write_split
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.components.util import examples_utils
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from preprocessing.beam_convert import convert_cases, write_lines
-from preprocessing.nifti import discover_lits_cases
+from preprocessing.beam_convert import (  # noqa: F401  (re-exported for callers and tests)
+    CASES_FILE, DEFAULT_COMPRESS_THREADS, DEFAULT_COMPRESSION_LEVEL, QUARANTINE_FILE, SUMMARY_FILE,
+    check_conversion, convert_cases, plan_conversion, remove_temp_dir, resolve_manifest,
+    summarize_conversion, write_examples, write_lines)
 from preprocessing.slices import SliceConfig
-from preprocessing.splits import EVAL, TRAIN, assign_splits
+from preprocessing.splits import EVAL, TRAIN
 
-QUARANTINE_FILE = "quarantine.jsonl"
-CASES_FILE = "cases.jsonl"
-SUMMARY_FILE = "conversion_summary.json"
+# Under the output artifact, removed when the executor ends.
+TEMP_DIR_NAME = ".nifti_example_gen_tmp"
 
 
 def make_custom_config(settings: Dict[str, Any]) -> example_gen_pb2.CustomConfig:
@@ -68,102 +75,99 @@ class Executor(BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline, exec_properties: Dict[str, Any]
                                ) -> Dict[str, beam.PCollection]:
+        """Serialized tf.Examples per split (also writes the quarantine and case reports to
+        self._report_dir when Do set it)."""
         settings = read_custom_config(exec_properties)
         slice_config = SliceConfig.from_dict(settings["slice"])
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-        cases, pairing_errors = discover_lits_cases(input_base)
-        split_of = assign_splits([c.case_id for c in cases],
-                                 eval_fraction=float(settings.get("eval_fraction", 0.2)),
-                                 seed=int(settings.get("split_seed", 0)),
-                                 eval_cases=settings.get("eval_cases"))
-        self._input_case_count = len(cases) + len(pairing_errors)
-        logging.info("NiftiExampleGen: %d cases in %s (%d train, %d eval), %d pairing errors; "
-                     "slices %s", self._input_case_count, input_base,
-                     sum(s == TRAIN for s in split_of.values()),
-                     sum(s == EVAL for s in split_of.values()), len(pairing_errors),
-                     slice_config)
+        plan = plan_conversion(settings, input_base)
+        self._plan = plan
+        self._input_case_count = plan.input_cases
+        logging.info("NiftiExampleGen: %d cases from %s (%d train, %d eval), %d rejected before "
+                     "reading; slices %s", plan.input_cases,
+                     resolve_manifest(settings, input_base) or input_base,
+                     plan.cases_in(TRAIN), plan.cases_in(EVAL), len(plan.errors), slice_config)
         examples, quarantine, summaries = convert_cases(
-            pipeline, [(c, split_of[c.case_id]) for c in cases], pairing_errors,
-            [TRAIN, EVAL], slice_config)
-        write_lines(quarantine, os.path.join(self._report_dir, QUARANTINE_FILE), "Quarantine")
-        write_lines(summaries, os.path.join(self._report_dir, CASES_FILE), "CaseSummaries")
+            pipeline, plan.cases, plan.errors, [TRAIN, EVAL], slice_config,
+            prefetch=bool(settings.get("prefetch", True)))
+        report_dir = getattr(self, "_report_dir", None)
+        if report_dir:
+            write_lines(quarantine, os.path.join(report_dir, QUARANTINE_FILE), "Quarantine")
+            write_lines(summaries, os.path.join(report_dir, CASES_FILE), "CaseSummaries")
         return examples
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        examples_artifact = artifact_utils.get_single_instance(
-            output_dict[standard_component_specs.EXAMPLES_KEY])
+        self._log_startup(input_dict, output_dict, exec_properties)
+        examples_artifacts = output_dict[standard_component_specs.EXAMPLES_KEY]
+        examples_artifact = artifact_utils.get_single_instance(examples_artifacts)
         self._report_dir = examples_artifact.uri
-        super().Do(input_dict, output_dict, exec_properties)
+        settings = read_custom_config(exec_properties)
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                                  input_config)
+        output_config = example_gen_pb2.Output()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
+                                  output_config)
+        split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
+        examples_artifact.split_names = artifact_utils.encode_split_names(split_names)
+
+        temp_dir = os.path.join(examples_artifact.uri, TEMP_DIR_NAME)
+        try:
+            with self._make_beam_pipeline() as pipeline:
+                examples = self.GenerateExamplesByBeam(pipeline, exec_properties)
+                write_examples(
+                    examples,
+                    {s: artifact_utils.get_split_uri(examples_artifacts, s) for s in examples},
+                    temp_dir, {s: max(1, self._plan.cases_in(s)) for s in examples},
+                    compression_level=int(settings.get("compression_level",
+                                                       DEFAULT_COMPRESSION_LEVEL)),
+                    compress_threads=int(settings.get("compress_threads",
+                                                      DEFAULT_COMPRESS_THREADS)),
+                    seed=int(settings.get("split_seed", 0)))
+        finally:
+            remove_temp_dir(temp_dir)
+
+        payload_format = exec_properties.get(standard_component_specs.OUTPUT_DATA_FORMAT_KEY)
+        if payload_format:
+            examples_utils.set_payload_format(examples_artifact, payload_format)
+        examples_utils.set_file_format(examples_artifact, write_split.to_file_format_str(
+            example_gen_pb2.FILE_FORMAT_UNSPECIFIED))
+
         summary = summarize_conversion(self._report_dir, self._input_case_count)
         examples_artifact.set_int_custom_property("cases_converted", summary["cases_converted"])
         examples_artifact.set_int_custom_property("cases_quarantined",
                                                   summary["cases_quarantined"])
-        settings = read_custom_config(exec_properties)
         check_conversion(summary, float(settings.get("max_bad_fraction", 0.1)))
 
 
-def _read_jsonl(path: str) -> List[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def summarize_conversion(report_dir: str, input_cases: int) -> Dict[str, Any]:
-    """Counts what the Beam run wrote and checks that no case was lost."""
-    cases = _read_jsonl(os.path.join(report_dir, CASES_FILE))
-    quarantined = _read_jsonl(os.path.join(report_dir, QUARANTINE_FILE))
-    summary = {
-        "input_cases": input_cases,
-        "cases_converted": len(cases),
-        "cases_quarantined": len(quarantined),
-        "examples_per_split": {s: sum(c["slices_written"] for c in cases if c["split"] == s)
-                               for s in (TRAIN, EVAL)},
-        "cases_per_split": {s: sorted(c["case_id"] for c in cases if c["split"] == s)
-                            for s in (TRAIN, EVAL)},
-        "quarantined": quarantined,
-    }
-    with open(os.path.join(report_dir, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=2)
-    logging.info("NiftiExampleGen: %d input cases = %d converted + %d quarantined; examples %s",
-                 input_cases, len(cases), len(quarantined), summary["examples_per_split"])
-    for q in quarantined:
-        logging.warning("NiftiExampleGen quarantined %s (%s): %s", q["case_id"], q["file"],
-                        q["reason"])
-    return summary
-
-
-def check_conversion(summary: Dict[str, Any], max_bad_fraction: float) -> None:
-    """Fails the run when cases went missing, too many were bad, or nothing is left."""
-    converted, bad, total = (summary["cases_converted"], summary["cases_quarantined"],
-                             summary["input_cases"])
-    if converted + bad != total:
-        raise RuntimeError(f"NiftiExampleGen lost cases: {total} in, {converted} converted, "
-                           f"{bad} quarantined")
-    names = ", ".join(f"{q['case_id']} ({q['reason']})" for q in summary["quarantined"])
-    if converted == 0:
-        raise RuntimeError(f"NiftiExampleGen: no case could be converted. Quarantined: {names}")
-    if total and bad / total > max_bad_fraction:
-        raise RuntimeError(f"NiftiExampleGen: {bad}/{total} cases are bad, more than the "
-                           f"allowed {max_bad_fraction:.0%}: {names}")
-    empty = [s for s, n in summary["examples_per_split"].items() if n == 0]
-    if empty:
-        raise RuntimeError(f"NiftiExampleGen: split(s) {empty} have no examples; cases per "
-                           f"split: {summary['cases_per_split']}")
-
-
 class NiftiExampleGen(FileBasedExampleGen):
-    """ExampleGen for NIfTI CT volumes in LiTS layout (volume-N / segmentation-N)."""
+    """ExampleGen for NIfTI CT volumes in LiTS layout (volume-N / segmentation-N) or listed in a
+    CSV manifest."""
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, input_base: str, settings: Dict[str, Any]):
+    def __init__(self, input_base: Optional[str], settings: Dict[str, Any]):
         """settings: {"slice": SliceConfig.to_dict(), "eval_fraction", "split_seed",
-        "eval_cases" (optional list), "max_bad_fraction"}."""
+        "eval_cases" (optional list), "max_bad_fraction", and optionally "manifest" (a CSV with
+        columns image, label, case_id; absolute or relative to input_base), "allow_unlabeled",
+        "compression_level" (zlib 0-9, default 1), "compress_threads", "prefetch" (read the next
+        case while converting one; default true)}.
+
+        With a manifest, input_base becomes the manifest's folder and the manifest file is what
+        the driver fingerprints for caching (edit the manifest, or disable the cache, when
+        listed files change in place)."""
+        pattern = "*.nii*"
+        manifest = resolve_manifest(settings, input_base)
+        if manifest:
+            if "://" not in manifest:
+                manifest = os.path.abspath(manifest)
+            settings = dict(settings, manifest=manifest)
+            input_base, pattern = os.path.dirname(manifest), os.path.basename(manifest)
         super().__init__(
             input_base=input_base,
             # The driver fingerprints these files for caching; the executor pairs them itself.
             input_config=example_gen_pb2.Input(splits=[
-                example_gen_pb2.Input.Split(name="all", pattern="*.nii*")]),
+                example_gen_pb2.Input.Split(name="all", pattern=pattern)]),
             output_config=split_output_config(float(settings.get("eval_fraction", 0.2))),
             custom_config=make_custom_config(settings),
         )
-

@@ -3,23 +3,35 @@
 Geometry always comes from the affine (nibabel's closest canonical orientation), never from
 rotating arrays by hand, so volumes stored as LPS, RAS or with permuted axes all come out the same.
 Every failure raises `CaseError` naming the file and the reason; callers quarantine the case.
+
+Cases are found either by LiTS naming (`discover_lits_cases`: volume-N / segmentation-N in one
+folder) or from a CSV manifest (`discover_manifest_cases`: columns image, label, case_id).
+
+Reading is the conversion's floor, so the voxel data of a plain NIfTI-1/2 file (.nii or .nii.gz)
+is read in one go: the whole gzip stream inflated with one zlib call and viewed as an array without
+copies (nibabel's own reader streams through Python's gzip module, about 2x slower). nibabel still
+parses the header, and any file the fast path does not recognise is read by nibabel.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import os
 import re
+import time
 import zlib
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import nibabel as nib
 import numpy as np
+from nibabel.arrayproxy import ArrayProxy
 
 VALID_LABELS = (0, 1, 2)
 # Tolerances for "same geometry": the affine of mask and volume may differ by rounding only.
 AFFINE_ATOL_MM = 1e-3
 AFFINE_RTOL = 1e-4
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class CaseError(Exception):
@@ -34,7 +46,8 @@ class CaseError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class CaseFiles:
-    """One case on disk: an image and, for training data, its segmentation."""
+    """One case on disk: an image and, for training data, its segmentation (None: inference
+    only)."""
     case_id: str
     image_path: str
     label_path: Optional[str]
@@ -43,7 +56,10 @@ class CaseFiles:
 @dataclasses.dataclass
 class CanonicalCase:
     """A case in canonical RAS+ voxel order (nibabel's convention): axis 0 grows towards the
-    patient's Right, axis 1 towards Anterior, axis 2 towards Superior (feet -> head)."""
+    patient's Right, axis 1 towards Anterior, axis 2 towards Superior (feet -> head).
+
+    `hu` and `labels` are usually strided views (flips/transposes) of the arrays as stored, not
+    copies; the resampling in slices.py reads them in their memory order."""
     case_id: str
     hu: np.ndarray                 # float32 [X, Y, Z], HU with header scaling applied
     labels: Optional[np.ndarray]   # uint8 [X, Y, Z] or None for inference-only cases
@@ -51,7 +67,13 @@ class CanonicalCase:
     affine: np.ndarray             # canonical affine (voxel -> RAS mm)
     source_affine: np.ndarray      # the image file's own affine, to write masks back
     source_shape: Tuple[int, int, int]
+    # The conversion's fast path leaves `hu` None and keeps the stored values instead (canonical
+    # view, HU = stored * scaling[0] + scaling[1]): slices.py scales after resampling.
+    stored: Optional[np.ndarray] = None
+    scaling: Tuple[float, float] = (1.0, 0.0)
 
+
+# --- finding cases -------------------------------------------------------------------------------
 
 _LITS_NAME = re.compile(r"^(volume|segmentation)-(\d+)\.nii(\.gz)?$")
 
@@ -90,6 +112,74 @@ def discover_lits_cases(data_root: str) -> Tuple[List[CaseFiles], List[CaseError
     return cases, errors
 
 
+def _case_id_from_path(path: str) -> str:
+    name = os.path.basename(path)
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return os.path.splitext(name)[0]
+
+
+def discover_manifest_cases(csv_path: str, allow_unlabeled: bool = False
+                            ) -> Tuple[List[CaseFiles], List[CaseError]]:
+    """Cases listed in a CSV manifest with columns `image`, `label` (may be empty) and an optional
+    `case_id` (default: the image file name without .nii[.gz]). Relative paths are relative to
+    the CSV's folder.
+
+    Every row is one input case: a row without a label is an error unless `allow_unlabeled` (then
+    it is an inference-only case, converted without label features), a row without an image is
+    an error, and rows that share a case id are all errors (which of them is right cannot be
+    told). Raises ValueError when the file has no `image` column.
+    """
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:   # -sig: spreadsheets' BOM
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if "image" not in columns:
+            raise ValueError(f"{csv_path}: manifest needs an 'image' column "
+                             f"(and 'label', optional 'case_id'); found {columns}")
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
+                for row in reader]
+
+    def resolve(p: str) -> str:
+        p = os.path.expanduser(p)
+        return p if os.path.isabs(p) or "://" in p else os.path.normpath(os.path.join(folder, p))
+
+    parsed, errors = [], []
+    for line, row in enumerate(rows, start=2):   # line 1 is the header
+        image, label = row.get("image", ""), row.get("label", "")
+        if not image and not label and not row.get("case_id"):
+            continue   # blank line
+        where = f"{csv_path}:{line}"
+        if not image:
+            errors.append(CaseError(where, "manifest row without an image",
+                                    row.get("case_id") or f"row-{line}"))
+            continue
+        image = resolve(image)
+        case_id = row.get("case_id") or _case_id_from_path(image)
+        parsed.append((line, CaseFiles(case_id, image, resolve(label) if label else None)))
+
+    lines_of: Dict[str, List[int]] = {}
+    for line, files in parsed:
+        lines_of.setdefault(files.case_id, []).append(line)
+    cases = []
+    for line, files in parsed:
+        others = lines_of[files.case_id]
+        if len(others) > 1:
+            errors.append(CaseError(files.image_path, f"duplicate case id {files.case_id!r} "
+                                    f"(manifest lines {', '.join(map(str, others))})",
+                                    files.case_id))
+        elif files.label_path is None and not allow_unlabeled:
+            errors.append(CaseError(files.image_path, "manifest row without a label "
+                                    f"(line {line}); set allow_unlabeled for inference-only "
+                                    "cases", files.case_id))
+        else:
+            cases.append(files)
+    return cases, errors
+
+
+# --- reading -------------------------------------------------------------------------------------
+
 def _load_nifti(path: str) -> nib.Nifti1Image:
     if not os.path.exists(path):
         raise CaseError(path, "file not found")
@@ -106,29 +196,105 @@ def _load_nifti(path: str) -> nib.Nifti1Image:
     return img
 
 
-def _read_canonical(img: nib.Nifti1Image, path: str, case_id: str
-                    ) -> Tuple[np.ndarray, nib.Nifti1Image]:
-    """Voxel values with the header's scl_slope/scl_inter applied (float32), reoriented to RAS+
-    by the affine. Reading is where truncated or corrupt data shows up."""
+def _inflate_all(data: bytes) -> bytes:
+    """All members of a gzip stream; raises EOFError when the stream is cut short."""
+    parts = []
+    while True:
+        d = zlib.decompressobj(31)
+        parts.append(d.decompress(data))
+        if not d.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker")
+        data = d.unused_data
+        if not data.startswith(_GZIP_MAGIC):   # trailing padding, as gzip itself ignores
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_stored(img: nib.Nifti1Image, path: str, case_id: str
+                 ) -> Tuple[np.ndarray, float, float]:
+    """The voxel data as stored (on-disk dtype, F-order [i, j, k]) plus the header's scaling
+    (HU = stored * slope + inter). Truncated or corrupt data raises CaseError."""
+    proxy = img.dataobj
     try:
-        # get_fdata applies the scaling; float32 halves memory against float64.
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        if (isinstance(proxy, ArrayProxy) and isinstance(proxy.file_like, str)
+                and proxy.order == "F" and proxy.file_like == path):
+            dtype = np.dtype(proxy.dtype)
+            count = int(np.prod(proxy.shape))
+            with open(path, "rb") as f:
+                raw = f.read()
+            if raw[:2] == _GZIP_MAGIC:
+                raw = _inflate_all(raw)
+            if len(raw) < proxy.offset + count * dtype.itemsize:
+                raise EOFError(f"{len(raw)} bytes, the header needs "
+                               f"{proxy.offset + count * dtype.itemsize}")
+            stored = np.frombuffer(raw, dtype, count, proxy.offset).reshape(proxy.shape,
+                                                                            order="F")
+            slope, inter = float(proxy.slope), float(proxy.inter)
+        else:   # anything unusual: let nibabel read it (scaling applied by nibabel)
+            stored, slope, inter = np.asarray(img.get_fdata(dtype=np.float32)), 1.0, 0.0
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as e:
         raise CaseError(path, f"truncated or corrupt data ({type(e).__name__}: {e})",
                         case_id) from e
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
-    return np.asarray(canonical.dataobj), canonical
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        raise CaseError(path, f"invalid scaling slope={slope} inter={inter}", case_id)
+    return stored, slope, inter
 
 
-def load_case(files: CaseFiles) -> CanonicalCase:
-    """Reads, checks and canonicalizes one case. Raises CaseError on any problem."""
+def _to_hu(stored: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """float32 HU in the stored memory order (one pass; scaling in place)."""
+    hu = stored.astype(np.float32, order="K")
+    if slope != 1.0:
+        hu *= np.float32(slope)
+    if inter != 0.0:
+        hu += np.float32(inter)
+    return hu
+
+
+def _check_labels(stored: np.ndarray, slope: float, inter: float, path: str, case_id: str
+                  ) -> np.ndarray:
+    """uint8 labels in {0, 1, 2}; integer data without scaling needs only min and max."""
+    if stored.dtype.kind in "iub" and slope == 1.0 and inter == 0.0:
+        values = stored
+    else:
+        values = stored.astype(np.float64) * slope + inter
+        if not np.isfinite(values).all():
+            raise CaseError(path, "NaN/Inf in labels", case_id)
+        if not np.array_equal(values, np.round(values)):
+            raise CaseError(path, "non-integer label values", case_id)
+    lo, hi = values.min(), values.max()
+    if lo < min(VALID_LABELS) or hi > max(VALID_LABELS):
+        unexpected = sorted(set(np.unique(values).astype(int).tolist()) - set(VALID_LABELS))
+        raise CaseError(path, f"label values {unexpected[:5]} outside {{0, 1, 2}}", case_id)
+    if values.dtype == np.uint8:
+        return values
+    return values.astype(np.uint8, order="K")
+
+
+def _add(timings: Optional[Dict[str, float]], key: str, start: float) -> float:
+    now = time.perf_counter()
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + now - start
+    return now
+
+
+@dataclasses.dataclass
+class StoredCase:
+    """A case's voxel data as stored on disk (read and checked, not yet scaled or reoriented)."""
+    files: CaseFiles
+    image: nib.Nifti1Image
+    stored: np.ndarray                 # on-disk dtype, F-order [i, j, k]
+    slope: float
+    inter: float
+    label_stored: Optional[Tuple[np.ndarray, float, float]]
+
+
+def read_case(files: CaseFiles, timings: Optional[Dict[str, float]] = None) -> StoredCase:
+    """The I/O half of load_case (file read + gunzip + the header checks); zlib releases the GIL,
+    so the conversion runs it in a thread for the next case while it resamples this one."""
+    t = time.perf_counter()
     image = _load_nifti(files.image_path)
-    hu, canonical_image = _read_canonical(image, files.image_path, files.case_id)
-    if not np.isfinite(hu).all():
-        bad = int((~np.isfinite(hu)).sum())
-        raise CaseError(files.image_path, f"{bad} NaN/Inf voxels", files.case_id)
-
-    labels = None
+    stored, slope, inter = _read_stored(image, files.image_path, files.case_id)
+    label_stored = None
     if files.label_path is not None:
         label_img = _load_nifti(files.label_path)
         if label_img.shape != image.shape:
@@ -139,25 +305,56 @@ def load_case(files: CaseFiles) -> CanonicalCase:
             raise CaseError(files.label_path, "affine differs from the volume's "
                             f"(max difference {np.abs(label_img.affine - image.affine).max():.4g})",
                             files.case_id)
-        raw, _ = _read_canonical(label_img, files.label_path, files.case_id)
-        if not np.isfinite(raw).all():
-            raise CaseError(files.label_path, "NaN/Inf in labels", files.case_id)
-        if not np.array_equal(raw, np.round(raw)):
-            raise CaseError(files.label_path, "non-integer label values", files.case_id)
-        values = np.unique(raw)
-        unexpected = sorted(set(values.astype(int).tolist()) - set(VALID_LABELS))
-        if unexpected:
-            raise CaseError(files.label_path, f"label values {unexpected[:5]} outside "
-                            f"{{0, 1, 2}}", files.case_id)
-        labels = raw.astype(np.uint8)
+        label_stored = _read_stored(label_img, files.label_path, files.case_id)
+    _add(timings, "read", t)
+    return StoredCase(files, image, stored, slope, inter, label_stored)
 
-    zooms = canonical_image.header.get_zooms()[:3]
+
+def canonicalize_case(raw: StoredCase, timings: Optional[Dict[str, float]] = None,
+                      hu: bool = True) -> CanonicalCase:
+    """The compute half of load_case: HU scaling, value checks, orientation to RAS+. With
+    hu=False the float32 HU volume is not made: the case carries the stored values (`stored`,
+    `scaling`) and slices.py converts slice by slice."""
+    t = time.perf_counter()
+    files, image = raw.files, raw.image
+    stored, raw.stored = raw.stored, None
+    if stored.dtype.kind == "f" and not np.isfinite(stored).all():
+        bad = int((~np.isfinite(stored)).sum())
+        raise CaseError(files.image_path, f"{bad} NaN/Inf voxels", files.case_id)
+    if hu:
+        values, scaling = _to_hu(stored, raw.slope, raw.inter), (1.0, 0.0)
+    else:
+        values, scaling = stored, (raw.slope, raw.inter)
+    del stored
+    labels = None
+    if raw.label_stored is not None:
+        labels = _check_labels(*raw.label_stored, files.label_path, files.case_id)
+        raw.label_stored = None
+
+    # Geometry from the affine: flips and a transpose (views, no copies) to RAS+.
+    ornt = nib.io_orientation(image.affine)
+    values = nib.orientations.apply_orientation(values, ornt)
+    if labels is not None:
+        labels = nib.orientations.apply_orientation(labels, ornt)
+    affine = image.affine.dot(nib.orientations.inv_ornt_aff(ornt, image.shape))
+    spacing = tuple(float(z) for z in nib.affines.voxel_sizes(affine))
+    _add(timings, "canonicalize", t)
     return CanonicalCase(
         case_id=files.case_id,
-        hu=hu,
+        hu=values if hu else None,
         labels=labels,
-        spacing=tuple(float(z) for z in zooms),
-        affine=canonical_image.affine,
+        spacing=spacing,
+        affine=affine,
         source_affine=image.affine,
         source_shape=tuple(int(s) for s in image.shape),
+        stored=None if hu else values,
+        scaling=scaling,
     )
+
+
+def load_case(files: CaseFiles, timings: Optional[Dict[str, float]] = None) -> CanonicalCase:
+    """Reads, checks and canonicalizes one case. Raises CaseError on any problem.
+
+    `timings`, when given, accumulates seconds under "read" (file read + gunzip) and
+    "canonicalize" (HU scaling, checks, orientation)."""
+    return canonicalize_case(read_case(files, timings), timings)

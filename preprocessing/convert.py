@@ -1,0 +1,161 @@
+"""Standalone NIfTI -> tf.Example converter: the ExampleGen's Beam transform without TFX.
+
+    python -m preprocessing.convert --data_root DIR | --manifest CSV --output DIR
+        [--size 320 --context 1 --window -200 250 --selection liver_margin --margin 2
+         --keep_fraction 0.1 --target_spacing MM --eval_fraction 0.2 --eval_cases volume-0,...
+         --max_bad_fraction 0.1 --allow_unlabeled --compression_level 1 --beam_arg=...]
+
+Writes OUTPUT/train/ and OUTPUT/eval/ (shuffled gzip TFRecord shards data-*.tfrecord.gz, the
+example format of preprocessing/features.py), OUTPUT/quarantine.jsonl (one line per rejected
+case: file, case id, reason), OUTPUT/cases.jsonl (one line per converted case),
+OUTPUT/conversion_summary.json and OUTPUT/slice_config.json. Exits 1, naming the cases, when more
+than --max_bad_fraction of the cases are bad (or none is left); the outputs are written anyway so
+the quarantine report can be read. Beam runs in-process (`--direct_running_mode=in_memory`)
+unless --beam_arg says otherwise, e.g. --beam_arg=--direct_running_mode=multi_processing
+--beam_arg=--direct_num_workers=4.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from typing import List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from preprocessing import beam_convert as bc
+from preprocessing.slices import SliceConfig
+from preprocessing.splits import EVAL, TRAIN
+
+SPLITS = (TRAIN, EVAL)
+SHARD_PREFIX, SHARD_SUFFIX = "data", ".tfrecord.gz"
+SLICE_CONFIG_FILE = "slice_config.json"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    d = SliceConfig()
+    p = argparse.ArgumentParser(prog="python -m preprocessing.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data_root", help="folder of volume-N.nii[.gz] + segmentation-N.nii[.gz]")
+    src.add_argument("--manifest", help="CSV with columns image, label (may be empty), "
+                                        "optional case_id; paths relative to the CSV's folder")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--allow_unlabeled", action="store_true",
+                   help="manifest rows without a label become inference-only cases")
+    p.add_argument("--size", type=int, nargs="+", default=list(d.size), metavar="N",
+                   help="example height and width (one value: square)")
+    p.add_argument("--context", type=int, default=d.context)
+    p.add_argument("--window", type=float, nargs=2, default=list(d.window), metavar=("LO", "HI"))
+    p.add_argument("--selection", choices=("liver_margin", "all"), default=d.selection)
+    p.add_argument("--margin", type=int, default=d.margin)
+    p.add_argument("--keep_fraction", type=float, default=d.keep_fraction)
+    p.add_argument("--seed", type=int, default=d.seed, help="slice selection seed")
+    p.add_argument("--target_spacing", type=float, default=None,
+                   help="in-plane mm per pixel (default: resize the field of view to --size)")
+    p.add_argument("--eval_fraction", type=float, default=0.2)
+    p.add_argument("--split_seed", type=int, default=0)
+    p.add_argument("--eval_cases", default=None,
+                   help="comma-separated case ids for eval (overrides --eval_fraction)")
+    p.add_argument("--max_bad_fraction", type=float, default=0.1)
+    p.add_argument("--compression_level", type=int, default=bc.DEFAULT_COMPRESSION_LEVEL,
+                   choices=range(10), metavar="0-9")
+    p.add_argument("--compress_threads", type=int, default=bc.DEFAULT_COMPRESS_THREADS)
+    p.add_argument("--no_prefetch", action="store_true",
+                   help="do not read the next case while converting one (less memory)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace shards of an earlier run in --output")
+    p.add_argument("--beam_arg", action="append", default=[],
+                   help="a Beam pipeline option, repeatable (e.g. "
+                        "--beam_arg=--direct_running_mode=multi_processing)")
+    args = p.parse_args(argv)
+    if len(args.size) not in (1, 2):
+        p.error("--size takes one or two values")
+    return args
+
+
+def settings_from_args(args: argparse.Namespace) -> dict:
+    """The same settings dict NiftiExampleGen takes."""
+    size = args.size * 2 if len(args.size) == 1 else args.size
+    slice_config = SliceConfig(size=tuple(size), context=args.context, window=tuple(args.window),
+                               selection=args.selection, margin=args.margin,
+                               keep_fraction=args.keep_fraction, seed=args.seed,
+                               target_spacing=args.target_spacing)
+    settings = {"slice": slice_config.to_dict(), "eval_fraction": args.eval_fraction,
+                "split_seed": args.split_seed, "max_bad_fraction": args.max_bad_fraction,
+                "allow_unlabeled": args.allow_unlabeled,
+                "compression_level": args.compression_level,
+                "compress_threads": args.compress_threads, "prefetch": not args.no_prefetch}
+    if args.eval_cases:
+        settings["eval_cases"] = [c.strip() for c in args.eval_cases.split(",") if c.strip()]
+    if args.manifest:
+        settings["manifest"] = os.path.abspath(args.manifest)
+    return settings
+
+
+def beam_options(beam_args: List[str]) -> PipelineOptions:
+    args = list(beam_args)
+    if not any(a.startswith(("--direct_running_mode", "--runner")) for a in args):
+        args.append("--direct_running_mode=in_memory")   # never the Prism runner (STACK.md)
+    return PipelineOptions(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    slice_config = SliceConfig.from_dict(settings["slice"])
+    output = os.path.abspath(args.output)
+    split_dirs = {s: os.path.join(output, s) for s in SPLITS}
+    old = [f for d in split_dirs.values() for f in glob.glob(os.path.join(d, "*"))]
+    if old and not args.overwrite:
+        logging.error("%s already holds %d files from an earlier run; pass --overwrite",
+                      output, len(old))
+        return 2
+    for f in old:
+        os.remove(f)
+    os.makedirs(output, exist_ok=True)
+
+    try:
+        plan = bc.plan_conversion(settings, args.data_root)
+    except (OSError, ValueError) as e:
+        logging.error("Cannot read the input: %s", e)
+        return 2
+    logging.info("Converting %d cases (%d train, %d eval, %d rejected before reading) to %s; "
+                 "slices %s", plan.input_cases, plan.cases_in(TRAIN), plan.cases_in(EVAL),
+                 len(plan.errors), output, slice_config)
+    temp_dir = os.path.join(output, ".tmp")
+    start = time.time()
+    try:
+        with beam.Pipeline(options=beam_options(args.beam_arg)) as pipeline:
+            bc.add_conversion(pipeline, plan, slice_config, split_dirs, output, temp_dir,
+                              compression_level=args.compression_level,
+                              compress_threads=args.compress_threads,
+                              prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX,
+                              seed=args.split_seed, prefetch=not args.no_prefetch)
+    finally:
+        bc.remove_temp_dir(temp_dir)
+    with open(os.path.join(output, SLICE_CONFIG_FILE), "w") as f:
+        json.dump(slice_config.to_dict(), f, indent=2)
+    summary = bc.summarize_conversion(output, plan.input_cases, SPLITS)
+    logging.info("Converted %d/%d cases, %d input slices -> examples %s in %.1f s",
+                 summary["cases_converted"], summary["input_cases"], summary["input_slices"],
+                 summary["examples_per_split"], time.time() - start)
+    try:
+        bc.check_conversion(summary, args.max_bad_fraction)
+    except RuntimeError as e:
+        logging.error("%s (report: %s)", e, os.path.join(output, bc.QUARANTINE_FILE))
+        return 1
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
