@@ -26,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_root", default=env("UNET3P_DATA_ROOT"),
                    help="folder of volume-N.nii[.gz] + segmentation-N.nii[.gz]; default: the "
                         "built-in synthetic set, generated on first use")
+    p.add_argument("--manifest", default=env("UNET3P_MANIFEST"),
+                   help="CSV with columns image, label[, case_id] (paths absolute or relative "
+                        "to the CSV), instead of LiTS naming under --data_root")
     p.add_argument("--output_dir", default=env("UNET3P_OUTPUT_DIR", "outputs"),
                    help="where pipeline_root, metadata and serving_dir go by default")
     p.add_argument("--pipeline_root", default=env("UNET3P_PIPELINE_ROOT"))
@@ -57,6 +60,7 @@ def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
         pipeline_root=args.pipeline_root, metadata_path=args.metadata_path,
         serving_dir=args.serving_dir, train_steps=args.train_steps, batch_size=args.batch_size,
         precision=args.precision, xla=args.xla, normalization=args.normalization,
+        manifest=os.path.abspath(args.manifest) if args.manifest else None,
         num_cases=args.num_cases,
         enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg,
         pipeline_name=args.pipeline_name)
@@ -64,6 +68,10 @@ def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
 
 def ensure_input_data(config: configs.PipelineConfig) -> str:
     """The data root, generating the built-in synthetic set when none was given."""
+    if config.example_gen.manifest:
+        if not os.path.isfile(config.example_gen.manifest):
+            raise SystemExit(f"--manifest {config.example_gen.manifest} is not a file")
+        return config.input_base
     if config.data_root:
         if not os.path.isdir(config.data_root):
             raise SystemExit(f"--data_root {config.data_root} is not a directory")

@@ -22,8 +22,8 @@ import numpy as np
 
 from preprocessing.examples import slice_to_example
 from preprocessing.nifti import CaseFiles, load_case
-from preprocessing.slices import (SliceConfig, SliceRecord, display_to_canonical,
-                                  resize_in_plane, volume_to_model_input)
+from preprocessing.slices import (SliceConfig, SliceRecord, model_grid_to_canonical,
+                                  volume_to_model_input)
 
 
 def load_slice_config(model_dir: str) -> SliceConfig:
@@ -45,9 +45,8 @@ def predict_probabilities(model, case, config: SliceConfig, batch_size: int = 16
                  for i, s in enumerate(stacks[start:start + batch_size])]
         probs.append(serve(examples=tf.constant(batch))["probabilities"].numpy()[..., 0])
     display = np.transpose(np.concatenate(probs), (1, 2, 0))    # [H, W, Z]
-    x, y = case.hu.shape[:2]
-    # Back to the canonical in-plane grid: display rows are y and columns are x.
-    return display_to_canonical(resize_in_plane(display, (y, x), order=1))
+    # The exact inverse of the ExampleGen's resampling (field of view or target spacing).
+    return model_grid_to_canonical(display, case, config, order=1)
 
 
 def to_source_orientation(canonical: np.ndarray, case) -> np.ndarray:
