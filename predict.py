@@ -20,6 +20,7 @@ import time
 import nibabel as nib
 import numpy as np
 
+from models.metrics import dice_numpy
 from preprocessing.examples import slice_to_example
 from preprocessing.nifti import CaseFiles, load_case
 from preprocessing.slices import (SliceConfig, SliceRecord, model_grid_to_canonical,
@@ -73,11 +74,6 @@ def segment_volume(model_dir: str, input_path: str, output_path: str,
     return mask
 
 
-def dice(pred: np.ndarray, true: np.ndarray) -> float:
-    denominator = pred.sum() + true.sum()
-    return 1.0 if denominator == 0 else float(2 * np.logical_and(pred, true).sum() / denominator)
-
-
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__,
@@ -95,7 +91,7 @@ def main(argv=None) -> int:
                  int(mask.sum()), time.time() - start)
     if args.label:
         true = np.asanyarray(nib.load(args.label).dataobj) > 0
-        print(f"Liver Dice against {args.label}: {dice(mask > 0, true):.4f}")
+        print(f"Liver Dice against {args.label}: {dice_numpy(mask > 0, true):.4f}")
     return 0
 
 

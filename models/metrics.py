@@ -71,8 +71,10 @@ class _OverlapMetric(keras.metrics.Metric):
     """Shared state: pooled TP/FP/FN and the (weighted) sum/count of per-image scores."""
 
     _score = staticmethod(_dice_score)
+    _base_name = "dice"   # default name; "slice_" + it with per_image
 
     def __init__(self, threshold=0.5, class_id=None, per_image=False, name=None, dtype=None):
+        name = name or (f"slice_{self._base_name}" if per_image else self._base_name)
         super().__init__(name=name, dtype=dtype)
         self.threshold = float(threshold)
         self.class_id = class_id
@@ -121,11 +123,7 @@ class DiceCoefficient(_OverlapMetric):
     truth are both empty scores 1.0).  Default name "dice" / "slice_dice"."""
 
     _score = staticmethod(_dice_score)
-
-    def __init__(self, threshold=0.5, class_id=None, per_image=False, name=None, dtype=None):
-        name = name or ("slice_dice" if per_image else "dice")
-        super().__init__(threshold=threshold, class_id=class_id, per_image=per_image, name=name,
-                         dtype=dtype)
+    _base_name = "dice"
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")
@@ -134,11 +132,7 @@ class IoUScore(_OverlapMetric):
     (``per_image=True``; both empty -> 1.0).  Default name "iou" / "slice_iou"."""
 
     _score = staticmethod(_iou_score)
-
-    def __init__(self, threshold=0.5, class_id=None, per_image=False, name=None, dtype=None):
-        name = name or ("slice_iou" if per_image else "iou")
-        super().__init__(threshold=threshold, class_id=class_id, per_image=per_image, name=name,
-                         dtype=dtype)
+    _base_name = "iou"
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")

@@ -16,19 +16,21 @@ from tfx.types import artifact_utils, standard_artifacts
 ANOMALIES_FILE = "SchemaDiff.pb"
 
 
+def _reasons(info) -> str:
+    return ("; ".join(r.description or r.short_description for r in info.reason)
+            or info.description)
+
+
 def describe_anomalies(anomalies_uri: str, split_names: List[str]) -> List[str]:
     """One line per anomaly: split, feature, what is wrong."""
     problems = []
     for split in split_names:
-        path = os.path.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE)
-        anomalies = anomalies_pb2.Anomalies.FromString(open(path, "rb").read())
+        with open(os.path.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE), "rb") as f:
+            anomalies = anomalies_pb2.Anomalies.FromString(f.read())
         for feature, info in sorted(anomalies.anomaly_info.items()):
-            reasons = "; ".join(r.description or r.short_description for r in info.reason)
-            problems.append(f"[{split}] feature '{feature}': {reasons or info.description}")
+            problems.append(f"[{split}] feature '{feature}': {_reasons(info)}")
         if anomalies.HasField("dataset_anomaly_info"):
-            info = anomalies.dataset_anomaly_info
-            reasons = "; ".join(r.description or r.short_description for r in info.reason)
-            problems.append(f"[{split}] data set: {reasons or info.description}")
+            problems.append(f"[{split}] data set: {_reasons(anomalies.dataset_anomaly_info)}")
     return problems
 
 
