@@ -51,6 +51,25 @@ class ExampleGenConfig:
 @dataclasses.dataclass
 class TransformConfig:
     normalization: str = "window"   # window: HU window -> [0, 1]; zscore: foreground z-score
+    # liver: one channel, liver including tumour (the paper's liver task);
+    # liver_tumor: three one-hot channels background / liver / tumour (softmax model).
+    classes: str = "liver"
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Training-time augmentation (train split only). Image and mask always move together;
+    masks are resampled with nearest neighbour. No left-right flips: anatomy is not symmetric."""
+    enabled: bool = True
+    rotation_degrees: float = 10.0      # uniform in [-r, r]
+    scale_range: Tuple[float, float] = (0.9, 1.1)
+    elastic_alpha: float = 4.0          # displacement amplitude in pixels (0 = off)
+    elastic_sigma: float = 8.0          # smoothness of the displacement field, pixels
+    brightness: float = 0.05            # additive shift, uniform in [-b, b] (normalized units)
+    contrast_range: Tuple[float, float] = (0.9, 1.1)   # multiplicative, about the image mean
+    noise_std: float = 0.02             # Gaussian noise, normalized units
+    flip_left_right: bool = False
+    probability: float = 1.0            # chance that a given image is augmented at all
 
 
 @dataclasses.dataclass
@@ -82,6 +101,8 @@ class TrainConfig:
     cpu_replicas: int = 1       # >1 on a CPU-only machine: that many logical CPU replicas
     shuffle_buffer: int = 256   # examples; TFX's default of 10,000 images would need GBs
     steps_per_epoch: int = 100  # how often validation and TensorBoard run
+    input: str = "auto"         # auto (dali when its TF plugin imports, else tfdata) | dali | tfdata
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
 
 @dataclasses.dataclass
@@ -162,6 +183,8 @@ OVERRIDABLE = {
     "precision": ("train", "precision"),
     "xla": ("train", "xla"),
     "normalization": ("transform", "normalization"),
+    "classes": ("transform", "classes"),
+    "input": ("train", "input"),
 }
 
 
