@@ -1,0 +1,144 @@
+"""Kill the whole pipeline while the Trainer is training, run the pipeline again, and it resumes:
+the real `local_runner.py` (tiny profile) in a subprocess is SIGKILLed once the Trainer's first
+epoch checkpoint is on disk; the second run reuses the cached ExampleGen .. Transform outputs,
+so the Trainer's inputs and config, and with them its resume directory
+(`<pipeline_root>/Trainer/resume/<key>`), are the same, and training picks up at the killed
+epoch. The killed Trainer execution is left behind in ML Metadata as never finished; the second
+run must not be confused by it (not cached from it, not blocked by it)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.configs import profile_config
+from pipeline.summary import collect_run_summary
+
+pytestmark = pytest.mark.pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_STEPS = 24          # the tiny profile trains 6 steps per epoch: 4 epochs
+UPSTREAM = ("NiftiExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
+            "Transform")
+
+
+def _epochs() -> int:
+    steps_per_epoch = min(profile_config("tiny").train.steps_per_epoch, TRAIN_STEPS)
+    return -(-TRAIN_STEPS // steps_per_epoch)
+
+
+def _read_epoch(path: str):
+    """The epoch a BackupAndRestore metadata file records; None while it is missing or being
+    written (Keras truncates, then writes it)."""
+    try:
+        with open(path) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _checkpointed_epoch(resume_root: str):
+    """(metadata path, epoch) of the furthest checkpoint under `resume_root`, or (None, None)."""
+    best = (None, None)
+    for path in glob.glob(os.path.join(resume_root, "*", "training_metadata.json")):
+        epoch = _read_epoch(path)
+        if epoch is not None and (best[1] is None or epoch > best[1]):
+            best = (path, epoch)
+    return best
+
+
+def _mlmd_trainer_states(metadata_path: str):
+    """[(execution id, state name)] of every Trainer execution, oldest first."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    node = [c for c in store.get_contexts_by_type("node") if c.name.endswith(".Trainer")]
+    assert len(node) == 1, [c.name for c in node]
+    name = metadata_store_pb2.Execution.State.Name
+    return [(e.id, name(e.last_known_state))
+            for e in sorted(store.get_executions_by_context(node[0].id), key=lambda e: e.id)]
+
+
+def test_killed_pipeline_resumes_training(tmp_path):
+    output_dir = tmp_path / "out"
+    pipeline_root = output_dir / "pipeline"
+    resume_root = str(pipeline_root / "Trainer" / "resume")
+    metadata_path = str(output_dir / "metadata.sqlite")
+    epochs = _epochs()
+    assert epochs >= 3, "need epochs to kill in the middle of"
+    command = [sys.executable, os.path.join(REPO, "local_runner.py"), "--profile", "tiny",
+               "--output_dir", str(output_dir), "--train_steps", str(TRAIN_STEPS)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+
+    # First run, killed in the middle of training. The log goes to a file, not a pipe that
+    # nobody reads while polling (a full pipe would stall the runner).
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w") as log:
+        first = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        seen = None
+        while time.time() < deadline and first.poll() is None:
+            _, seen = _checkpointed_epoch(resume_root)
+            if seen is not None and seen >= 1:
+                break
+            time.sleep(0.1)
+    finally:
+        # The runner's whole process group: Beam may have started workers of its own.
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, (
+        f"the first run ended by itself (rc {first.returncode}) before an epoch checkpoint "
+        f"appeared:\n{first_log.read_text()[-4000:]}")
+    assert seen is not None and seen >= 1, first_log.read_text()[-4000:]
+    # The epoch on disk after the kill is what the second run resumes from (it may be later
+    # than the one seen if another epoch ended before the kill landed).
+    metadata, killed_at = _checkpointed_epoch(resume_root)
+    assert metadata is not None, "the kill left no readable checkpoint metadata"
+    assert 1 <= killed_at < epochs, killed_at
+    killed_states = _mlmd_trainer_states(metadata_path)
+    assert len(killed_states) == 1 and killed_states[0][1] not in ("COMPLETE", "CACHED"), \
+        killed_states
+
+    # Second run, same command, to completion.
+    second_log = tmp_path / "second.log"
+    with open(second_log, "w") as log:
+        second = subprocess.run(command, cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, timeout=900)
+    text = second_log.read_text()
+    assert second.returncode == 0, text[-6000:]
+
+    summary = collect_run_summary(metadata_path)
+    components = summary["components"]
+    for name in UPSTREAM:
+        assert components.get(name) == "cached", (name, components)
+    for name in ("Trainer", "Evaluator", "Pusher"):
+        assert components.get(name) == "ran", (name, components)
+
+    assert f"Resuming interrupted training at epoch {killed_at} of {epochs}" in text, text[-6000:]
+    assert f"Ran {epochs - killed_at} of {epochs} epochs" in text, text[-6000:]
+
+    # A blessing decision was made, and with the tiny profile's bar of 0 the model is pushed.
+    assert summary["blessed"] is True and summary["pushed"] is True, summary
+    assert os.path.exists(os.path.join(summary["pushed_to"], "saved_model.pb"))
+
+    # The checkpoint is gone once training completed, so a later run starts afresh.
+    assert not os.path.exists(os.path.dirname(metadata))
+    assert not glob.glob(os.path.join(resume_root, "*", "*"))
+
+    # MLMD: the killed execution stays as it was (never finished); the new one completed.
+    states = _mlmd_trainer_states(metadata_path)
+    assert len(states) == 2, states
+    assert states[0] == killed_states[0], states
+    assert states[1][1] == "COMPLETE", states
