@@ -5,7 +5,8 @@ optimizer), for a precision / XLA setting, compared in the same run with fp32 wi
         --variant base --precision auto --xla auto [--widths paper|demo] [--input synthetic]
 
 --input synthetic feeds one random batch held in memory (model speed alone); --input tfdata
-reads Transform output (--examples DIR with Split-train/) through trainer/inputs.py. Prints,
+or dali reads Transform output (--examples DIR with Split-train/) through trainer/inputs.py
+(--augment on: with the default training augmentation). Prints,
 last, the images/s of the chosen setting and of the fp32 baseline, and their ratio. Each
 setting runs in its own process (precision policies are global).
 """
@@ -52,10 +53,15 @@ def measure(args) -> dict:
     else:
         import tensorflow_transform as tft
 
-        from trainer.inputs import make_dataset
+        from trainer.inputs import TEMP_CACHE_DIR, make_dali_input, make_dataset
         spec = tft.TFTransformOutput(args.transform_graph).transformed_feature_spec()
-        data = make_dataset([os.path.join(args.examples, "Split-train", "*")], spec, names,
-                            args.batch, shuffle=True)
+        files = [os.path.join(args.examples, "Split-train", "*")]
+        augment = {"enabled": args.augment == "on"}
+        if args.input == "dali":
+            data = make_dali_input(files, spec, names, args.batch, shuffle=True, augment=augment,
+                                   cache_dir=TEMP_CACHE_DIR)
+        else:
+            data = make_dataset(files, spec, names, args.batch, shuffle=True, augment=augment)
     model.fit(data, steps_per_epoch=args.warmup, epochs=1, verbose=0)   # trace + warm up
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0)
@@ -76,9 +82,11 @@ def main() -> int:
     p.add_argument("--widths", default="paper", choices=tuple(WIDTHS))
     p.add_argument("--precision", default="auto")
     p.add_argument("--xla", default="auto")
-    p.add_argument("--input", default="synthetic", choices=("synthetic", "tfdata"))
-    p.add_argument("--examples", help="Transform's transformed_examples/<id> dir (tfdata)")
-    p.add_argument("--transform_graph", help="Transform's transform_graph/<id> dir (tfdata)")
+    p.add_argument("--input", default="synthetic", choices=("synthetic", "tfdata", "dali"))
+    p.add_argument("--augment", default="off", choices=("on", "off"),
+                   help="training augmentation (tfdata, dali)")
+    p.add_argument("--examples", help="Transform's transformed_examples/<id> dir (tfdata, dali)")
+    p.add_argument("--transform_graph", help="Transform's transform_graph/<id> dir (tfdata, dali)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

@@ -63,8 +63,8 @@ class AugmentConfig:
     enabled: bool = True
     rotation_degrees: float = 10.0      # uniform in [-r, r]
     scale_range: Tuple[float, float] = (0.9, 1.1)
-    elastic_alpha: float = 4.0          # displacement amplitude in pixels (0 = off)
-    elastic_sigma: float = 8.0          # smoothness of the displacement field, pixels
+    elastic_alpha: float = 2.0          # std of the displacement in pixels (0 = off)
+    elastic_sigma: float = 12.0         # smoothness of the displacement field, pixels
     brightness: float = 0.05            # additive shift, uniform in [-b, b] (normalized units)
     contrast_range: Tuple[float, float] = (0.9, 1.1)   # multiplicative, about the image mean
     noise_std: float = 0.02             # Gaussian noise, normalized units

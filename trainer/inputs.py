@@ -1,13 +1,46 @@
-"""tf.data input from Transform's output: gzip TFRecords of transformed examples -> batches of
-(image [B,H,W,K], {output name: target}). Batches have a static shape (drop_remainder) so XLA
-and multi-replica training see fixed shapes."""
+"""The Trainer's input: Transform's gzip TFRecords of transformed examples -> batches of
+(image [B,H,W,K], {output name: target}), through tf.data or NVIDIA DALI, with augmentation on
+the training split. Batches have a static shape (drop_remainder) so XLA and multi-replica
+training see fixed shapes.
+
+Entry point for trainer/run.py:
+
+    make_input_datasets(train_files, eval_files, transformed_feature_spec, output_names,
+                        train_cfg, strategy=None, cache_dir=None, seed=0, dali_device=None)
+        -> (train_ds, eval_ds, description)
+
+  train_cfg  custom_config["train"] (TrainConfig as a dict): uses batch_size (global),
+             shuffle_buffer, input ("auto" | "dali" | "tfdata"; auto = dali when its TF plugin
+             imports) and augment (AugmentConfig as a dict; train split only).
+  strategy   the tf.distribute strategy; with several replicas DALI runs one pipeline per
+             replica (shard_id = replica) and the datasets are already distributed; tf.data
+             datasets are left for Keras to distribute.
+  cache_dir  local directory for DALI's uncompressed copies of the shards
+             (`dali_cache_directory(fn_args.model_run_dir)`: <pipeline_root>/Trainer/dali_cache).
+  seed       shuffling and augmentation (reproducible for a given seed).
+  dali_device  "cpu" | "gpu" for DALI's operators; default gpu when TensorFlow sees one.
+  Returns datasets ready for keras.Model.fit and a one-line description for the log.
+  `first_batch(eval_ds)` gives (images, masks) as numpy for the TensorBoard image callback,
+  also from a distributed dataset.
+
+`make_dataset` is the plain tf.data reader (benchmarks, tests).
+"""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import logging
+import os
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from preprocessing import features as F
+from trainer import dali_input
+from trainer.augment import AugmentConfig, augment_batch, augment_config
+
+INPUTS = ("auto", "dali", "tfdata")
+TEMP_CACHE_DIR = os.path.join(tempfile.gettempdir(), "unet3plus_dali_cache")
 
 
 def _list_files(file_patterns: Sequence[str]) -> List[str]:
@@ -25,27 +58,194 @@ def targets_for_outputs(output_names: Sequence[str], features: Dict[str, tf.Tens
             for name in output_names}
 
 
+def _augment_fn(cfg: AugmentConfig, seed: int, affine: bool = True, intensity: bool = True):
+    """(batch index, features) -> augmented features; the batch index seeds the batch."""
+    def fn(index, feats):
+        image, mask, organ = augment_batch(
+            feats[F.IMAGE], feats[F.MASK], tf.stack([tf.cast(seed, tf.int64), index]), cfg,
+            affine=affine, intensity=intensity)
+        return dict(feats, **{F.IMAGE: image, F.MASK: mask, F.ORGAN: organ})
+    return fn
+
+
 def make_dataset(file_patterns: Sequence[str], transformed_feature_spec: Dict,
                  output_names: Sequence[str], batch_size: int, shuffle: bool,
-                 shuffle_buffer: int = 256, repeat: bool = True, seed: int = 0
-                 ) -> tf.data.Dataset:
-    spec = {k: transformed_feature_spec[k] for k in (F.IMAGE, F.MASK, F.ORGAN)}
+                 shuffle_buffer: int = 256, repeat: bool = True, seed: int = 0,
+                 augment=None) -> tf.data.Dataset:
+    """tf.data input. Without shuffling, records come file by file in sorted order, as DALI's
+    reader gives them, so the two inputs can be compared batch for batch. `augment`: an
+    AugmentConfig or its dict (None or enabled=False: none)."""
+    spec = {k: transformed_feature_spec[k] for k in dali_input.FEATURES}
     files = _list_files(file_patterns)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-                       cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=not shuffle)
-    if shuffle:
+        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+                           cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
+                           deterministic=False)
         ds = ds.shuffle(shuffle_buffer, seed=seed)
+    else:
+        ds = tf.data.TFRecordDataset(ds, compression_type="GZIP", buffer_size=1 << 22)
     if repeat:
         ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=True).map(
+        lambda serialized: tf.io.parse_example(serialized, spec),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    cfg = augment_config(augment) if augment is not None else None
+    if cfg is not None and cfg.enabled:
+        ds = ds.enumerate().map(_augment_fn(cfg, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda feats: (feats[F.IMAGE], targets_for_outputs(output_names, feats)),
+                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    def parse(serialized):
-        feats = tf.io.parse_example(serialized, spec)
-        return feats[F.IMAGE], targets_for_outputs(output_names, feats)
 
-    return (ds.batch(batch_size, drop_remainder=True)
-            .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+def resolve_input(requested: str) -> Tuple[str, str]:
+    """("dali" | "tfdata", why)."""
+    if requested not in INPUTS:
+        raise ValueError(f"input must be one of {INPUTS}, got {requested!r}")
+    available, error = dali_input.plugin_available()
+    if requested == "tfdata":
+        return "tfdata", "input forced to tfdata"
+    if requested == "dali":
+        if not available:
+            raise RuntimeError(f"input 'dali' requested but DALI's TensorFlow plugin does not "
+                               f"import ({error}); install nvidia-dali-tf-plugin or use tfdata")
+        return "dali", "input forced to dali"
+    if available:
+        return "dali", "input auto: DALI's TensorFlow plugin imports"
+    return "tfdata", f"input auto: DALI's TensorFlow plugin does not import ({error})"
+
+
+def operator_device() -> str:
+    """DALI operators on the GPU when TensorFlow sees one."""
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def dali_cache_directory(model_run_dir: str) -> str:
+    """<pipeline_root>/Trainer/dali_cache next to the Trainer's outputs (shared by every run of
+    the Trainer, keyed inside by the Transform output); a local temp directory when the
+    pipeline root is remote, since DALI reads local files."""
+    if "://" in model_run_dir:
+        return TEMP_CACHE_DIR
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_run_dir))),
+                        "dali_cache")
+
+
+def _dali_replica(spec: dali_input.PipelineSpec, output_names: Sequence[str], shard_id: int,
+                  num_shards: int, device_id: Optional[int]) -> tf.data.Dataset:
+    ds = dali_input.make_dali_dataset(spec, shard_id, num_shards, device_id)
+    cfg = spec.augment
+    if dali_input.needs_tf_elastic(cfg, spec.op_device):
+        # No CPU remap in DALI: the elastic deformation, then brightness/contrast/noise, run as
+        # the shared TF ops after it (applied with the configured probability, drawn apart from
+        # DALI's draw for the affine part); they recompute `organ`.
+        augment = _augment_fn(cfg, spec.seed + 104729 * shard_id, affine=False)
+        ds = ds.enumerate().map(
+            lambda i, batch: augment(i, dict(zip(dali_input.FEATURES, batch))),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda *batch: dict(zip(dali_input.FEATURES, batch)))
+    return ds.map(lambda feats: (feats[F.IMAGE], targets_for_outputs(output_names, feats)))
+
+
+def make_dali_input(files: Sequence[str], transformed_feature_spec: Dict,
+                    output_names: Sequence[str], batch_size: int, shuffle: bool, cache_dir: str,
+                    strategy: Optional[tf.distribute.Strategy] = None,
+                    augment=None, shuffle_buffer: int = 256, seed: int = 0,
+                    op_device: Optional[str] = None, num_threads: Optional[int] = None):
+    """DALI input; `batch_size` is global. One replica: a DALIDataset (tf.data.Dataset). Several:
+    a distributed dataset with one DALI pipeline per replica, each reading its shard."""
+    op_device = op_device or operator_device()
+    cfg = augment_config(augment) if augment is not None else None
+    shards = dali_input.prepare_shards(_list_files(files), cache_dir)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if batch_size % replicas:
+        raise ValueError(f"batch size {batch_size} is not divisible by {replicas} replicas")
+    spec = dali_input.PipelineSpec(
+        shards=shards, shapes=dali_input.feature_shapes(transformed_feature_spec),
+        batch_size=batch_size // replicas, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+        seed=seed, augment=cfg if cfg is not None and cfg.enabled else None,
+        op_device=op_device, num_threads=num_threads or min(4, os.cpu_count() or 1))
+    gpu = op_device == "gpu"
+    gpu_ids = [tf.DeviceSpec.from_string(d).device_index or 0
+               for d in (strategy.extended.worker_devices if replicas > 1 else ["/gpu:0"])]
+    # The DALIDataset sits on the host even when its operators run on a GPU (DALI then copies
+    # the batch back): tf.data transformations cannot follow a GPU-placed DALIDataset (DALI's
+    # docs), and the .map to Keras' (image, {output: target}) structure (and, on the CPU, the
+    # elastic op) must. Keras / the strategy then copy each batch to its replica's device.
+    if replicas == 1:
+        with tf.device("/cpu:0"):
+            return _dali_replica(spec, output_names, 0, 1, gpu_ids[0] if gpu else None)
+
+    def replica_dataset(context: tf.distribute.InputContext):
+        i = context.input_pipeline_id
+        with tf.device("/cpu:0"):
+            return _dali_replica(spec, output_names, i, context.num_input_pipelines,
+                                 gpu_ids[i] if gpu else None)
+
+    # One pipeline per replica (DALI's recipe for MirroredStrategy), each reading its shard;
+    # the strategy fetches each replica's batches to its device.
+    options = tf.distribute.InputOptions(
+        experimental_fetch_to_device=True,
+        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+    return strategy.distribute_datasets_from_function(replica_dataset, options)
+
+
+def describe_augmentation(cfg: Optional[AugmentConfig]) -> str:
+    if cfg is None or not cfg.enabled:
+        return "augmentation off"
+    lo, hi = cfg.scale_range
+    clo, chi = cfg.contrast_range
+    return (f"augmentation p={cfg.probability:g}: rotation +-{cfg.rotation_degrees:g} deg, "
+            f"scale {lo:g}-{hi:g}, elastic alpha {cfg.elastic_alpha:g} px sigma "
+            f"{cfg.elastic_sigma:g} px, brightness +-{cfg.brightness:g}, contrast "
+            f"{clo:g}-{chi:g}, noise {cfg.noise_std:g}, left-right flip "
+            f"{'on' if cfg.flip_left_right else 'off'}")
+
+
+def make_input_datasets(train_files: Sequence[str], eval_files: Sequence[str],
+                        transformed_feature_spec: Dict, output_names: Sequence[str],
+                        train_cfg: dict, strategy: Optional[tf.distribute.Strategy] = None,
+                        cache_dir: Optional[str] = None, seed: int = 0,
+                        dali_device: Optional[str] = None):
+    """(train_ds, eval_ds, description); see the module docstring. dali_device: "cpu" | "gpu"
+    for DALI's operators (default: gpu when TensorFlow sees one)."""
+    kind, why = resolve_input(train_cfg.get("input", "auto"))
+    augment = augment_config(train_cfg.get("augment"))
+    batch = int(train_cfg["batch_size"])
+    buffer = int(train_cfg.get("shuffle_buffer", 256))
+    aug_text = describe_augmentation(augment)
+    if kind == "tfdata":
+        train_ds = make_dataset(train_files, transformed_feature_spec, output_names, batch,
+                                shuffle=True, shuffle_buffer=buffer, seed=seed,
+                                augment=augment)
+        eval_ds = make_dataset(eval_files, transformed_feature_spec, output_names, batch,
+                               shuffle=False)
+        description = f"tf.data ({why}); {aug_text}"
+    else:
+        cache_dir = cache_dir or TEMP_CACHE_DIR
+        op_device = dali_device or operator_device()
+        common = dict(transformed_feature_spec=transformed_feature_spec,
+                      output_names=output_names, batch_size=batch, cache_dir=cache_dir,
+                      strategy=strategy, op_device=op_device)
+        train_ds = make_dali_input(train_files, shuffle=True, augment=augment,
+                                   shuffle_buffer=buffer, seed=seed, **common)
+        eval_ds = make_dali_input(eval_files, shuffle=False, **common)
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        elastic = (" (elastic, then intensity, as TF ops after DALI: DALI has no CPU remap)"
+                   if dali_input.needs_tf_elastic(augment, op_device) else "")
+        description = (f"DALI ({why}); operators on {op_device}, {replicas} pipeline(s), "
+                       f"cache {cache_dir}; {aug_text}{elastic}")
+    logging.info("Input: %s", description)
+    return train_ds, eval_ds, description
+
+
+def first_batch(dataset) -> Tuple[np.ndarray, np.ndarray]:
+    """(images, masks) of the first batch as numpy, from a dataset or a distributed dataset
+    (the replicas' parts concatenated), e.g. for the TensorBoard image callback."""
+    images, targets = next(iter(dataset))
+    mask = targets[F.MASK] if F.MASK in targets else next(iter(targets.values()))
+
+    def local(x):
+        parts = getattr(x, "values", (x,))
+        return np.concatenate([np.asarray(p) for p in parts])
+    return local(images), local(mask)
