@@ -25,6 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("--data_root", required=True)
     p.add_argument("--serving_dir", required=True)
     p.add_argument("--train_steps", type=int)
+    p.add_argument("--classes", choices=("liver", "liver_tumor"),
+                   help="targets: liver (default) or liver_tumor (background / liver / tumour)")
     p.add_argument("--output", default="unet3plus_pipeline.json")
     p.add_argument("--beam_arg", action="append", default=None, metavar="ARG")
     args = p.parse_args(argv)
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
 
     config = configs.make_config(profile=args.profile, pipeline_root=args.pipeline_root,
                                  data_root=args.data_root, serving_dir=args.serving_dir,
-                                 train_steps=args.train_steps,
+                                 train_steps=args.train_steps, classes=args.classes,
                                  beam_pipeline_args=args.beam_arg)
     # Remote paths must stay as given (make_config makes local paths absolute).
     config.pipeline_root, config.data_root = args.pipeline_root, args.data_root

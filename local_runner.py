@@ -44,11 +44,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--xla", choices=("auto", "on", "off"))
     p.add_argument("--normalization", choices=("window", "zscore"),
                    help="Transform's intensity normalization (default: window -> [0, 1])")
+    p.add_argument("--classes", choices=("liver", "liver_tumor"), default=env("UNET3P_CLASSES"),
+                   help="targets: liver (one sigmoid channel, liver incl. tumour; default) or "
+                        "liver_tumor (softmax over background / liver / tumour)")
     p.add_argument("--no_cache", action="store_true", help="re-run every component")
     p.add_argument("--beam_arg", action="append", default=None, metavar="ARG",
                    help="a Beam pipeline argument (repeatable), e.g. "
                         "--beam_arg=--direct_running_mode=multi_processing")
     args = p.parse_args(argv)
+    if args.classes not in (None, "liver", "liver_tumor"):   # argparse skips env defaults
+        p.error(f"UNET3P_CLASSES must be liver or liver_tumor, got {args.classes!r}")
     if args.train_steps is not None:
         args.train_steps = int(args.train_steps)
     return args
@@ -60,6 +65,7 @@ def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
         pipeline_root=args.pipeline_root, metadata_path=args.metadata_path,
         serving_dir=args.serving_dir, train_steps=args.train_steps, batch_size=args.batch_size,
         precision=args.precision, xla=args.xla, normalization=args.normalization,
+        classes=args.classes,
         manifest=os.path.abspath(args.manifest) if args.manifest else None,
         num_cases=args.num_cases,
         enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg,

@@ -1,5 +1,6 @@
 """The Evaluator's configuration: bless on liver Dice only, sliced per volume and by tumour /
-liver presence, against the last blessed model."""
+liver presence, against the last blessed model. With classes="liver_tumor" the tumour Dice
+("tumor_dice", "tumor_iou") is reported on every slice too, without a bar."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,11 @@ SLICE_FEATURES = (F.VOLUME_ID, F.HAS_TUMOR, F.HAS_LIVER)
 
 
 def make_eval_config(dice_lower_bound: float, dice_change_tolerance: float,
-                     threshold: float = 0.5) -> tfma.EvalConfig:
+                     threshold: float = 0.5, classes: str = "liver") -> tfma.EvalConfig:
+    """`classes` is TransformConfig.classes: "liver" (one sigmoid channel) or "liver_tumor"
+    (softmax over background / liver / tumour; scored by argmax, `threshold` unused)."""
+    if classes not in tfma_dice.STRUCTURES:
+        raise ValueError(f"classes must be one of {tuple(tfma_dice.STRUCTURES)}, got {classes!r}")
     dice_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": dice_lower_bound}),
         # The first run has no baseline and skips this; later runs must not get worse than
@@ -32,9 +37,10 @@ def make_eval_config(dice_lower_bound: float, dice_change_tolerance: float,
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
             # The bar applies to the whole eval split only: the other slices are for reading
-            # (a slice without liver has Dice 0 as soon as one pixel is predicted).
+            # (a slice without liver has Dice 0 as soon as one pixel is predicted). It is set on
+            # the metric's name, "dice" (liver), so the tumour Dice it also emits has none.
             tfma.MetricConfig(class_name=tfma_dice.Dice.__name__, module=tfma_dice.__name__,
-                              config=json.dumps({"threshold": threshold}),
+                              config=json.dumps({"threshold": threshold, "classes": classes}),
                               per_slice_thresholds=[tfma.PerSliceMetricThreshold(
                                   slicing_specs=[tfma.SlicingSpec()],
                                   threshold=dice_threshold)]),

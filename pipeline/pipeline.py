@@ -15,6 +15,7 @@ from components.nifti_example_gen import NiftiExampleGen
 from pipeline.configs import PipelineConfig
 from pipeline.evaluation import make_eval_config
 from pipeline.validation import validation_components
+from preprocessing.transform import check_classes
 from schema import SCHEMA_PATH
 
 TRANSFORM_FN = "preprocessing.transform.preprocessing_fn"
@@ -25,6 +26,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
                     beam_pipeline_args: Optional[list] = None) -> tfx_pipeline.Pipeline:
     slices = config.example_gen.slices
     image_shape = [slices.size[0], slices.size[1], slices.channels]
+    # Fails here, at compile time, rather than inside the Transform run.
+    classes = check_classes(config.transform.classes)
 
     example_gen = NiftiExampleGen(input_base=config.input_base,
                                   settings=config.example_gen.to_settings())
@@ -35,7 +38,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=TRANSFORM_FN,
         custom_config={"image_shape": image_shape, "window": list(slices.window),
-                       "normalization": config.transform.normalization},
+                       "normalization": config.transform.normalization,
+                       "classes": classes},
         # Transform's own pre/post statistics would summarize every pixel of every image
         # tensor (slow, and large in memory); StatisticsGen already describes the raw data,
         # where images are single bytes features (length stats only).
@@ -66,7 +70,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         eval_config=make_eval_config(config.evaluation.dice_lower_bound,
-                                     config.evaluation.dice_change_tolerance))
+                                     config.evaluation.dice_change_tolerance, classes=classes))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],

@@ -1,6 +1,6 @@
 """A readable account of the latest pipeline run, read back from ML Metadata and the artifacts:
-examples per split, quarantined cases, eval Dice (overall and per volume), blessed or not,
-where the model was pushed, how to look at it."""
+examples per split, quarantined cases, eval liver Dice (overall and per volume; tumour Dice too
+for a three-class model), blessed or not, where the model was pushed, how to look at it."""
 from __future__ import annotations
 
 import json
@@ -29,18 +29,26 @@ def _prop(artifact, name):
     return None
 
 
-def read_eval_dice(eval_uri: str) -> Dict[str, float]:
-    """{slice name: Dice} from a TFMA evaluation: "overall", "volume_id=...", "has_tumor=1"..."""
+# Summary key -> TFMA metric name (pipeline/tfma_dice.py): liver always, tumour for
+# three-class models.
+EVAL_METRICS = {"eval_dice": "dice", "eval_tumor_dice": "tumor_dice"}
+
+
+def read_eval_metrics(eval_uri: str, names=tuple(EVAL_METRICS.values())
+                      ) -> Dict[str, Dict[str, float]]:
+    """{metric: {slice name: value}} from a TFMA evaluation, slice names "overall",
+    "volume_id=...", "has_tumor=1"...; a metric the evaluation lacks maps to {}."""
     import tensorflow_model_analysis as tfma   # heavy; only when there is an evaluation
     result = tfma.load_eval_result(eval_uri)
-    dice = {}
+    out: Dict[str, Dict[str, float]] = {name: {} for name in names}
     for slice_key, metrics in result.slicing_metrics:
         values = metrics.get("", {}).get("", {})
-        if "dice" not in values:
-            continue
-        name = ", ".join(f"{k}={v}" for k, v in slice_key) if slice_key else "overall"
-        dice[name] = float(values["dice"].get("doubleValue", float("nan")))
-    return dice
+        slice_name = ", ".join(f"{k}={v}" for k, v in slice_key) if slice_key else "overall"
+        for name in names:
+            if name in values:
+                out[name][slice_name] = float(values[name].get("doubleValue", float("nan")))
+    return out
+
 
 
 def _open_store(metadata_path: str):
@@ -96,7 +104,10 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None
     if "ModelRun" in latest:
         summary["tensorboard_logdir"] = latest["ModelRun"].uri
     if "ModelEvaluation" in latest:
-        summary["eval_dice"] = read_eval_dice(latest["ModelEvaluation"].uri)
+        metrics = read_eval_metrics(latest["ModelEvaluation"].uri)
+        for key, name in EVAL_METRICS.items():
+            if metrics[name] or key == "eval_dice":
+                summary[key] = metrics[name]
     if "ModelBlessing" in latest:
         summary["blessed"] = bool(_prop(latest["ModelBlessing"], "blessed"))
     if "PushedModel" in latest:
@@ -122,13 +133,17 @@ def format_run_summary(summary: Optional[Dict[str, Any]]) -> str:
         lines.append(f"Quarantined cases: {len(q)}" + "".join(
             f"\n  - {r['case_id']}: {r['reason']} ({r['file']})" for r in q))
     dice = summary.get("eval_dice") or {}
+    tumor = summary.get("eval_tumor_dice") or {}
     if "overall" in dice:
-        lines.append(f"Eval liver Dice (pooled over the eval split): {dice['overall']:.4f}")
-        per_volume = {k: v for k, v in dice.items() if k.startswith("volume_id")}
-        for name, value in sorted(per_volume.items()):
-            lines.append(f"  {name}: {value:.4f}")
-        for name in sorted(k for k in dice if k.startswith("has_")):
-            lines.append(f"  {name}: {dice[name]:.4f}")
+        def row(name):   # "0.9812" or, with a tumour class, "liver 0.9812, tumour 0.5410"
+            if name not in tumor:
+                return f"{dice[name]:.4f}"
+            return f"liver {dice[name]:.4f}, tumour {tumor[name]:.4f}"
+        what = "liver and tumour Dice" if tumor else "liver Dice"
+        lines.append(f"Eval {what} (pooled over the eval split): {row('overall')}")
+        per_volume = sorted(k for k in dice if k.startswith("volume_id"))
+        for name in per_volume + sorted(k for k in dice if k.startswith("has_")):
+            lines.append(f"  {name}: {row(name)}")
     if "blessed" in summary:
         lines.append(f"Blessed:    {'yes' if summary['blessed'] else 'NO (Dice below the bar or worse than the last blessed model)'}")
     if summary.get("pushed"):

@@ -8,6 +8,9 @@ custom_config (from pipeline/configs.py):
                  "zscore": (HU - mean) / std with mean and std of the windowed HU of the
                  training split's foreground (liver and tumour) voxels, computed by tft
                  analyzers, as nnU-Net does for CT.
+  classes        "liver" (default): mask [B, H, W, 1], 1 where liver or tumour (labels > 0);
+                 "liver_tumor": mask [B, H, W, 3], one-hot background / liver / tumour.
+                 Either way `organ` is 1 where the slice has liver (incl. tumour).
 """
 from __future__ import annotations
 
@@ -19,6 +22,10 @@ import tensorflow_transform as tft
 from preprocessing import features as F
 
 NORMALIZATIONS = ("window", "zscore")
+CLASSES = ("liver", "liver_tumor")
+# Mask channels per classes mode: the model's output channels (trainer/run.py reads them back
+# from the transformed feature spec).
+NUM_CLASSES = {"liver": 1, "liver_tumor": 3}
 
 
 def decode_image(raw: tf.Tensor, image_shape) -> tf.Tensor:
@@ -52,12 +59,28 @@ def normalize_zscore(hu: tf.Tensor, labels: tf.Tensor, window) -> tf.Tensor:
     return (hu - mean) / std
 
 
+def check_classes(classes: str) -> str:
+    if classes not in CLASSES:
+        raise ValueError(f"classes must be one of {CLASSES}, got {classes!r}")
+    return classes
+
+
+def make_mask(labels: tf.Tensor, classes: str) -> tf.Tensor:
+    """uint8 labels [B, H, W, 1] (0/1/2) -> float32 target of the classes mode."""
+    if check_classes(classes) == "liver_tumor":
+        return tf.one_hot(tf.cast(labels[..., 0], tf.int32), NUM_CLASSES[classes],
+                          dtype=tf.float32)
+    # The liver target includes tumour: the liver task segments the whole organ.
+    return tf.cast(labels > 0, tf.float32)
+
+
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]
                      ) -> Dict[str, tf.Tensor]:
     image_shape = custom_config["image_shape"]
     method = custom_config.get("normalization", "window")
     if method not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
+    classes = check_classes(custom_config.get("classes", "liver"))
     hu = decode_image(inputs[F.IMAGE], image_shape)
     labels = decode_label(inputs[F.LABEL], image_shape)
     if method == "zscore":
@@ -66,8 +89,7 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]
         image = normalize_window(hu, custom_config["window"])
     outputs = {
         F.IMAGE: image,
-        # The liver target includes tumour: the liver task segments the whole organ.
-        F.MASK: tf.cast(labels > 0, tf.float32),
+        F.MASK: make_mask(labels, classes),
         F.ORGAN: tf.cast(tf.reshape(inputs[F.HAS_LIVER], [-1, 1]), tf.float32),
     }
     for name in F.PASSTHROUGH_FEATURES:

@@ -1,6 +1,6 @@
-"""preprocessing_fn under real tf.Transform (Beam, in memory): both normalizations, the targets,
-and the serving path (the Transform graph applied to raw examples inside a model) giving the
-same features as the Transform run."""
+"""preprocessing_fn under real tf.Transform (Beam, in memory): both normalizations, the targets
+of both classes modes, and the serving path (the Transform graph applied to raw examples inside
+a model) giving the same features as the Transform run."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +36,7 @@ def _raw_examples(n=12):
     return out
 
 
-def _analyze_and_transform(tmp_path, normalization):
+def _analyze_and_transform(tmp_path, normalization, classes=None):
     schema = text_format.Parse(open(SCHEMA_PATH).read(), schema_pb2.Schema())
     spec = schema_utils.schema_as_feature_spec(schema).feature_spec
     raw = _raw_examples()
@@ -44,6 +44,8 @@ def _analyze_and_transform(tmp_path, normalization):
     instances = [{k: v[i].numpy() for k, v in parsed.items()} for i in range(len(raw))]
     config = {"image_shape": list(SHAPE), "window": list(WINDOW),
               "normalization": normalization}
+    if classes is not None:   # None: the key absent, as in configs written before it existed
+        config["classes"] = classes
     with tft_beam.Context(temp_dir=str(tmp_path / "tft_tmp"), force_tf_compat_v1=False):
         import apache_beam as beam
         with beam.Pipeline(argv=["--direct_running_mode=in_memory"]) as p:
@@ -80,3 +82,38 @@ def test_serving_path_equals_transform(tmp_path, normalization):
     np.testing.assert_array_equal(batch[F.ORGAN].numpy()[:, 0],
                                   (labels > 0).any(axis=(1, 2)).astype(np.float32))
     assert output.transformed_feature_spec()[F.IMAGE].shape == list(SHAPE)
+
+
+def _labels(raw):
+    return np.stack([np.frombuffer(e.features.feature[F.LABEL].bytes_list.value[0], "u1")
+                     .reshape(SHAPE[:2]) for e in raw])
+
+
+def test_liver_tumor_mask_is_one_hot(tmp_path):
+    raw, parsed, output = _analyze_and_transform(tmp_path, "window", classes="liver_tumor")
+    labels = _labels(raw)
+    assert (labels == 2).any() and (labels == 1).any(), "the examples must hold both classes"
+    batch = output.transform_features_layer()(dict(parsed))
+    mask = batch[F.MASK].numpy()
+    assert mask.shape == (len(raw), *SHAPE[:2], 3) and mask.dtype == np.float32
+    np.testing.assert_array_equal(mask, np.eye(3, dtype=np.float32)[labels])
+    # organ stays "liver present" (liver or tumour), whatever the classes mode.
+    np.testing.assert_array_equal(batch[F.ORGAN].numpy()[:, 0],
+                                  (labels > 0).any(axis=(1, 2)).astype(np.float32))
+    assert output.transformed_feature_spec()[F.MASK].shape == [*SHAPE[:2], 3]
+
+
+def test_liver_mode_is_the_default_and_explicit(tmp_path):
+    raw, parsed, output = _analyze_and_transform(tmp_path, "window", classes="liver")
+    mask = output.transform_features_layer()(dict(parsed))[F.MASK].numpy()
+    np.testing.assert_array_equal(mask[..., 0], (_labels(raw) > 0).astype(np.float32))
+    assert output.transformed_feature_spec()[F.MASK].shape == [*SHAPE[:2], 1]
+
+
+def test_unknown_classes_mode_is_rejected():
+    schema = text_format.Parse(open(SCHEMA_PATH).read(), schema_pb2.Schema())
+    spec = schema_utils.schema_as_feature_spec(schema).feature_spec
+    inputs = tf.io.parse_example([e.SerializeToString() for e in _raw_examples(2)], spec)
+    with pytest.raises(ValueError, match="classes must be one of"):
+        preprocessing_fn(inputs, {"image_shape": list(SHAPE), "window": list(WINDOW),
+                                  "classes": "tumor"})

@@ -5,7 +5,11 @@
                        does not decode images twice)
   segment_slices       preprocessed float slices [B, H, W, K] -> model (volume inference)
 
-Each returns {"probabilities": float32 [B, H, W, C]} from the final (gated) mask output only.
+Each returns {"probabilities": float32 [B, H, W, C]} from the final (gated) mask output only,
+C being the mask channels of the Transform (TransformConfig.classes):
+  C = 1 ("liver")        sigmoid probability of liver (incl. tumour); threshold it (0.5)
+  C = 3 ("liver_tumor")  softmax over background / liver / tumour, summing to 1 per pixel;
+                         take the argmax (liver incl. tumour = argmax >= 1, tumour = argmax == 2)
 """
 from __future__ import annotations
 

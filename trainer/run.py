@@ -19,6 +19,7 @@ import tensorflow_transform as tft
 from models.losses import get_loss
 from models.metrics import DiceCoefficient
 from models.unet3plus import build_unet3plus, model_output_names
+from preprocessing import features as F
 from trainer.device import resolve_device_settings, synchronize_batch_norm
 from trainer.export import export_serving_model
 from trainer.inputs import make_dataset
@@ -41,9 +42,29 @@ def resume_directory(fn_args) -> str:
     return os.path.join(trainer_root, "resume", key[:16])
 
 
+TUMOR_CLASS = 2   # channel of the tumour in the three-class (liver_tumor) mask
+
+
+def num_classes_from_spec(transformed_feature_spec) -> int:
+    """Output channels = mask channels as Transform wrote them: 1 (liver, sigmoid) or
+    3 (background / liver / tumour, softmax)."""
+    return int(transformed_feature_spec[F.MASK].shape[-1])
+
+
+def mask_metrics(num_classes: int) -> list:
+    """Metrics of the final mask output. The liver Dice is named "dice" in both modes, so the
+    checkpoint monitor is the same: with a softmax output, class_id=None counts
+    argmax != background, i.e. liver including tumour. Three classes add "tumor_dice"
+    (argmax == 2)."""
+    metrics = [DiceCoefficient(name="dice"), DiceCoefficient(per_image=True, name="slice_dice")]
+    if num_classes > 1:
+        metrics.append(DiceCoefficient(class_id=TUMOR_CLASS, name="tumor_dice"))
+    return metrics
+
+
 def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile: bool,
-                      total_steps: int):
-    model = build_unet3plus(input_shape=tuple(image_shape), num_classes=1,
+                      total_steps: int, num_classes: int = 1):
+    model = build_unet3plus(input_shape=tuple(image_shape), num_classes=num_classes,
                             filters=tuple(model_cfg["filters"]),
                             skip_filters=int(model_cfg["skip_filters"]),
                             variant=model_cfg["variant"], encoder=model_cfg["encoder"])
@@ -62,8 +83,7 @@ def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile
     optimizer = make_optimizer(train_cfg["optimizer"], learning_rate,
                                float(train_cfg["weight_decay"]))
     model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
-                  metrics={"mask": [DiceCoefficient(name="dice"),
-                                    DiceCoefficient(per_image=True, name="slice_dice")]},
+                  metrics={"mask": mask_metrics(num_classes)},
                   jit_compile=jit_compile)
     return model
 
@@ -81,17 +101,19 @@ def run_fn(fn_args) -> None:
     device.apply()
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = tf_transform_output.transformed_feature_spec()
+    num_classes = num_classes_from_spec(spec)
 
     total_steps = int(fn_args.train_steps)
     steps_per_epoch = min(int(train_cfg["steps_per_epoch"]), total_steps)
     epochs = max(1, math.ceil(total_steps / steps_per_epoch))
     with device.strategy().scope():
         model = build_and_compile(model_cfg, train_cfg, image_shape, device.jit_compile,
-                                  epochs * steps_per_epoch)
+                                  epochs * steps_per_epoch, num_classes)
         if device.replicas > 1:
             synchronize_batch_norm(model)
-    logging.info("UNet 3+ %s: %s parameters, filters %s, skip %s, loss %s, %s with %s lr, "
-                 "policy %s, XLA %s", model_cfg["variant"], f"{model.count_params():,}",
+    logging.info("UNet 3+ %s: %s parameters, %d output channel(s), filters %s, skip %s, "
+                 "loss %s, %s with %s lr, policy %s, XLA %s", model_cfg["variant"],
+                 f"{model.count_params():,}", num_classes,
                  model_cfg["filters"], model_cfg["skip_filters"], model_cfg["loss"],
                  train_cfg["optimizer"], train_cfg["lr_schedule"], device.policy,
                  device.jit_compile)
@@ -137,6 +159,10 @@ def run_fn(fn_args) -> None:
                  "Dice per epoch: %s", epochs_run, epochs, elapsed,
                  epochs_run * steps_per_epoch * batch / max(elapsed, 1e-9),
                  [round(v, 4) for v in val_dice])
+    tumor_monitor = monitor.replace("dice", "tumor_dice")
+    if tumor_monitor in history.history:
+        logging.info("Validation tumour Dice per epoch: %s",
+                     [round(v, 4) for v in history.history[tumor_monitor]])
     if os.path.exists(best_path):
         model.load_weights(best_path)
         logging.info("Exporting the best epoch (validation Dice %.4f)", max(val_dice))

@@ -1,0 +1,80 @@
+"""The real tiny pipeline with three-class targets (--classes liver_tumor), end to end: the
+Transform's one-hot mask, a softmax model, liver and tumour Dice from the Evaluator, and
+predict.py's 0/1/2 label map in the input's grid."""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import local_runner
+from conftest import artifact_uris
+from pipeline.summary import collect_run_summary, format_run_summary
+from preprocessing import features as F
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture(scope="module")
+def multiclass_run(tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("pipeline_liver_tumor"))
+    assert local_runner.main(["--profile", "tiny", "--classes", "liver_tumor",
+                              "--output_dir", output_dir]) == 0
+    summary = collect_run_summary(os.path.join(output_dir, "metadata.sqlite"))
+    assert summary is not None
+    return output_dir, summary
+
+
+def _eval_examples(output_dir: str, count: int):
+    examples_dir = artifact_uris(output_dir, "NiftiExampleGen", "examples")[0]
+    files = glob.glob(os.path.join(examples_dir, "Split-eval", "*"))
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
+    return [r.numpy() for r in records]
+
+
+def test_transform_writes_a_three_channel_mask(multiclass_run):
+    import tensorflow_transform as tft
+    output_dir, _ = multiclass_run
+    graph = tft.TFTransformOutput(artifact_uris(output_dir, "Transform", "transform_graph")[0])
+    assert graph.transformed_feature_spec()[F.MASK].shape == [64, 64, 3]
+
+
+def test_pushed_model_returns_class_probabilities(multiclass_run):
+    output_dir, summary = multiclass_run
+    assert summary["blessed"] and summary["pushed"]   # the tiny profile's bar is 0
+    model = tf.saved_model.load(summary["pushed_to"])
+    out = model.signatures["serving_default"](
+        examples=tf.constant(_eval_examples(output_dir, 4)))["probabilities"].numpy()
+    assert out.shape == (4, 64, 64, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out.sum(axis=-1), 1.0, atol=1e-4)
+
+
+def test_evaluation_has_liver_and_tumor_dice(multiclass_run):
+    _, summary = multiclass_run
+    for key in ("eval_dice", "eval_tumor_dice"):
+        values = summary[key]
+        assert 0.0 <= values["overall"] <= 1.0, key
+        assert any(k.startswith("volume_id=") for k in values), f"no per-volume {key}"
+    text = format_run_summary(summary)
+    assert "Eval liver and tumour Dice" in text and ", tumour " in text
+
+
+def test_predict_writes_a_label_map_in_the_input_grid(multiclass_run, tmp_path, capsys):
+    import nibabel as nib
+    import predict
+    output_dir, summary = multiclass_run
+    data_dir = glob.glob(os.path.join(output_dir, "synthetic_ct_*"))[0]
+    # volume-3 is stored with permuted axes (PIR): the map must come back in that grid.
+    volume = os.path.join(data_dir, "volume-3.nii.gz")
+    out = str(tmp_path / "labels.nii.gz")
+    assert predict.main(["--model", summary["pushed_to"], "--input", volume, "--output", out,
+                         "--label", os.path.join(data_dir, "segmentation-3.nii.gz")]) == 0
+    source, labels = nib.load(volume), nib.load(out)
+    assert labels.shape == source.shape
+    np.testing.assert_allclose(labels.affine, source.affine)
+    assert set(np.unique(np.asanyarray(labels.dataobj))) <= {0, 1, 2}
+    printed = capsys.readouterr().out
+    assert "Liver Dice" in printed and "Tumour Dice" in printed
