@@ -47,6 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", choices=("liver", "liver_tumor"), default=env("UNET3P_CLASSES"),
                    help="targets: liver (one sigmoid channel, liver incl. tumour; default) or "
                         "liver_tumor (softmax over background / liver / tumour)")
+    p.add_argument("--input", choices=("auto", "dali", "tfdata"), default=env("UNET3P_INPUT"),
+                   help="Trainer input pipeline (default auto: DALI when its TensorFlow plugin "
+                        "imports, else tf.data)")
+    p.add_argument("--no_augment", action="store_true",
+                   help="train without augmentation (default: rotation, scaling, elastic, "
+                        "brightness/contrast, noise; see AugmentConfig in pipeline/configs.py)")
     p.add_argument("--no_cache", action="store_true", help="re-run every component")
     p.add_argument("--beam_arg", action="append", default=None, metavar="ARG",
                    help="a Beam pipeline argument (repeatable), e.g. "
@@ -54,22 +60,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.classes not in (None, "liver", "liver_tumor"):   # argparse skips env defaults
         p.error(f"UNET3P_CLASSES must be liver or liver_tumor, got {args.classes!r}")
+    if args.input not in (None, "auto", "dali", "tfdata"):
+        p.error(f"UNET3P_INPUT must be auto, dali or tfdata, got {args.input!r}")
     if args.train_steps is not None:
         args.train_steps = int(args.train_steps)
     return args
 
 
 def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
-    return configs.make_config(
+    config = configs.make_config(
         profile=args.profile, output_dir=args.output_dir, data_root=args.data_root,
         pipeline_root=args.pipeline_root, metadata_path=args.metadata_path,
         serving_dir=args.serving_dir, train_steps=args.train_steps, batch_size=args.batch_size,
         precision=args.precision, xla=args.xla, normalization=args.normalization,
-        classes=args.classes,
+        classes=args.classes, input=args.input,
         manifest=os.path.abspath(args.manifest) if args.manifest else None,
         num_cases=args.num_cases,
         enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg,
         pipeline_name=args.pipeline_name)
+    if args.no_augment:
+        config.train.augment.enabled = False
+    return config
+
+
+def use_byte_size_batching() -> None:
+    """TFXIO reads batches of 1..1000 records sized by timing, whatever their byte size: with
+    320x320 image examples one batch reached ~0.7 GB of records and StatisticsGen ~4 GB of RSS
+    (bench/statistics_memory.py). Batches of ~20 MiB keep the peak flat. The flag is read when
+    a component builds its Beam graph, which under the local orchestrator is this process."""
+    from absl import flags
+    from tfx_bsl.coders import batch_util  # noqa: F401  (defines the flag)
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(sys.argv[:1], known_only=True)
+    flags.FLAGS.tfxio_use_byte_size_batching = True
 
 
 def ensure_input_data(config: configs.PipelineConfig) -> str:
@@ -106,6 +129,7 @@ def main(argv=None) -> int:
     pipeline = create_pipeline(
         config, metadata_connection_config=tfx.orchestration.metadata
         .sqlite_metadata_connection_config(config.metadata_path))
+    use_byte_size_batching()
     previous_run = latest_run_id(config.metadata_path)
     start = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)

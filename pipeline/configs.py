@@ -16,6 +16,7 @@ from preprocessing.slices import SliceConfig
 
 PIPELINE_NAME = "unet3plus-liver"
 PROFILES = ("tiny", "demo", "paper")
+DEFAULT_BEAM_RUNNER = "--runner=FnApiRunner"
 
 
 @dataclasses.dataclass
@@ -124,9 +125,10 @@ class PipelineConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-    # Beam: never the Prism runner (it downloads a binary at run time); see STACK.md.
+    # Beam: the in-process FnApiRunner. Without --runner, Beam 2.74's DirectRunner first tries
+    # Prism, which downloads a binary from GitHub at run time (and falls back when offline).
     beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [
-        "--direct_running_mode=in_memory", "--direct_num_workers=1"])
+        DEFAULT_BEAM_RUNNER, "--direct_running_mode=in_memory", "--direct_num_workers=1"])
     enable_cache: bool = True
 
     @property
@@ -211,6 +213,10 @@ def make_config(profile: str = "demo", output_dir: str = "outputs",
             section, field = OVERRIDABLE[name]
             setattr(getattr(config, section), field, value)
     if beam_pipeline_args is not None:
+        # Given args without a runner (e.g. only --direct_running_mode=multi_processing) keep
+        # the local runner that downloads nothing.
+        if not any(arg.startswith("--runner") for arg in beam_pipeline_args):
+            beam_pipeline_args = [DEFAULT_BEAM_RUNNER] + list(beam_pipeline_args)
         config.beam_pipeline_args = beam_pipeline_args
     config.enable_cache = enable_cache
     return config

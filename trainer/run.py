@@ -6,11 +6,11 @@ with the model for predict.py).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 
 import keras
@@ -20,26 +20,15 @@ from models.losses import get_loss
 from models.metrics import DiceCoefficient
 from models.unet3plus import build_unet3plus, model_output_names
 from preprocessing import features as F
+from trainer.checkpoints import BestWeights, resume_directory
 from trainer.device import resolve_device_settings, synchronize_batch_norm
 from trainer.export import export_serving_model
-from trainer.inputs import make_dataset
+from trainer.inputs import dali_cache_directory, first_batch, make_input_datasets
 from trainer.optim import make_learning_rate, make_optimizer
 from trainer.tensorboard_images import SegmentationImages
 
-BEST_WEIGHTS = "best.weights.h5"
+BEST_WEIGHTS = "best.weights.h5"   # copy of the exported epoch's weights, in model_run_dir
 RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.BackupAndRestore
-
-
-def resume_directory(fn_args) -> str:
-    """Where an interrupted Trainer left its last epoch. Keyed by the training inputs and
-    config, not by the execution (each pipeline run gets a new model_run_dir), so running the
-    pipeline again after a kill resumes instead of starting over."""
-    key = hashlib.sha256(json.dumps({
-        "train": list(fn_args.train_files), "eval": list(fn_args.eval_files),
-        "transform": fn_args.transform_output, "steps": int(fn_args.train_steps),
-        "config": fn_args.custom_config}, sort_keys=True, default=str).encode()).hexdigest()
-    trainer_root = os.path.dirname(os.path.dirname(os.path.abspath(fn_args.model_run_dir)))
-    return os.path.join(trainer_root, "resume", key[:16])
 
 
 TUMOR_CLASS = 2   # channel of the tumour in the three-class (liver_tumor) mask
@@ -88,9 +77,23 @@ def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile
     return model
 
 
-def _first_batch(dataset):
-    images, targets = next(iter(dataset))
-    return images.numpy(), targets["mask"].numpy()
+def _log_resume_point(resume_dir: str, epochs: int) -> None:
+    """Says where an interrupted run resumes. Keras truncates, then writes its metadata file:
+    a kill in between leaves it empty, and every later fit() would fail on it, run after run
+    (the directory is keyed by the inputs), so an unreadable checkpoint is dropped."""
+    metadata_path = os.path.join(resume_dir, RESUME_METADATA)
+    if not os.path.exists(metadata_path):
+        return
+    try:
+        with open(metadata_path) as f:
+            epoch = int(json.load(f)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        logging.warning("Unreadable checkpoint metadata in %s (killed while writing it); "
+                        "training starts over", resume_dir)
+        shutil.rmtree(resume_dir, ignore_errors=True)
+        return
+    logging.info("Resuming interrupted training at epoch %d of %d (checkpoint in %s)",
+                 epoch, epochs, resume_dir)
 
 
 def run_fn(fn_args) -> None:
@@ -106,7 +109,8 @@ def run_fn(fn_args) -> None:
     total_steps = int(fn_args.train_steps)
     steps_per_epoch = min(int(train_cfg["steps_per_epoch"]), total_steps)
     epochs = max(1, math.ceil(total_steps / steps_per_epoch))
-    with device.strategy().scope():
+    strategy = device.strategy()   # one instance: the DALI datasets are distributed by it
+    with strategy.scope():
         model = build_and_compile(model_cfg, train_cfg, image_shape, device.jit_compile,
                                   epochs * steps_per_epoch, num_classes)
         if device.replicas > 1:
@@ -120,28 +124,24 @@ def run_fn(fn_args) -> None:
 
     batch = int(train_cfg["batch_size"])
     outputs = model_output_names(model_cfg["variant"])
-    train_ds = make_dataset(fn_args.train_files, spec, outputs, batch, shuffle=True,
-                            shuffle_buffer=int(train_cfg["shuffle_buffer"]))
-    eval_ds = make_dataset(fn_args.eval_files, spec, outputs, batch, shuffle=False)
+    train_ds, eval_ds, _ = make_input_datasets(
+        fn_args.train_files, fn_args.eval_files, spec, outputs, train_cfg, strategy=strategy,
+        cache_dir=dali_cache_directory(fn_args.model_run_dir))
 
-    best_path = os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)
     # Keras names a metric after its output only when the model has several outputs.
     monitor = "val_dice" if len(outputs) == 1 else "val_mask_dice"
     resume_dir = resume_directory(fn_args)
-    metadata_path = os.path.join(resume_dir, RESUME_METADATA)
-    if os.path.exists(metadata_path):
-        with open(metadata_path) as f:
-            logging.info("Resuming interrupted training at epoch %d of %d (checkpoint in %s)",
-                         json.load(f)["epoch"], epochs, resume_dir)
+    _log_resume_point(resume_dir, epochs)
+    # The exported model is the one with the best validation Dice, not the last one; the best
+    # so far is kept beside the resume checkpoint, so it survives a kill too.
+    best = BestWeights(resume_dir + ".best", monitor)
     callbacks = [
         # Saves weights, optimizer state and epoch after every epoch; restores them on start;
         # deletes them when training completes.
         keras.callbacks.BackupAndRestore(resume_dir, save_freq="epoch"),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-        SegmentationImages(fn_args.model_run_dir, *_first_batch(eval_ds)),
-        # The exported model is the one with the best validation Dice, not the last one.
-        keras.callbacks.ModelCheckpoint(best_path, monitor=monitor, mode="max",
-                                        save_best_only=True, save_weights_only=True),
+        SegmentationImages(fn_args.model_run_dir, *first_batch(eval_ds)),
+        best,
     ]
     if int(train_cfg["early_stopping_patience"]) > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -163,8 +163,8 @@ def run_fn(fn_args) -> None:
     if tumor_monitor in history.history:
         logging.info("Validation tumour Dice per epoch: %s",
                      [round(v, 4) for v in history.history[tumor_monitor]])
-    if os.path.exists(best_path):
-        model.load_weights(best_path)
-        logging.info("Exporting the best epoch (validation Dice %.4f)", max(val_dice))
+    if best.restore_best(keep_copy_at=os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)):
+        logging.info("Exporting the best epoch, %d (validation Dice %.4f)",
+                     best.best_epoch + 1, best.best)
     export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, cfg["slice"])
     logging.info("Exported to %s", fn_args.serving_model_dir)

@@ -1,0 +1,83 @@
+"""Checkpoints that survive a killed Trainer.
+
+Each pipeline run gives the Trainer a new model_run_dir, so anything that must outlive a kill
+lives in a directory keyed by the training inputs and config instead (`resume_directory`):
+
+  <Trainer root>/resume/<key>/       keras BackupAndRestore: last epoch's weights, optimizer
+                                     state and epoch number (deleted by Keras when training ends)
+  <Trainer root>/resume/<key>.best/  the best epoch so far by validation Dice and its value
+                                     (`BestWeights`), so a resumed run still exports the best
+                                     epoch of the whole training, not only of its own part
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+
+import keras
+
+BEST_WEIGHTS = "best.weights.h5"
+BEST_RECORD = "best.json"
+
+
+def resume_directory(fn_args) -> str:
+    """Where an interrupted Trainer left its last epoch. Keyed by the training inputs and
+    config, not by the execution (each pipeline run gets a new model_run_dir), so running the
+    pipeline again after a kill resumes instead of starting over."""
+    key = hashlib.sha256(json.dumps({
+        "train": list(fn_args.train_files), "eval": list(fn_args.eval_files),
+        "transform": fn_args.transform_output, "steps": int(fn_args.train_steps),
+        "config": fn_args.custom_config}, sort_keys=True, default=str).encode()).hexdigest()
+    trainer_root = os.path.dirname(os.path.dirname(os.path.abspath(fn_args.model_run_dir)))
+    return os.path.join(trainer_root, "resume", key[:16])
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the highest `monitor` value, and that value, in
+    `directory`; a new instance on the same directory (a resumed run) continues from the
+    recorded best instead of forgetting the epochs before the kill."""
+
+    def __init__(self, directory: str, monitor: str):
+        super().__init__()
+        self.directory = directory
+        self.monitor = monitor
+        self.weights_path = os.path.join(directory, BEST_WEIGHTS)
+        self._record_path = os.path.join(directory, BEST_RECORD)
+        self.best, self.best_epoch = -math.inf, None
+        if os.path.exists(self._record_path) and os.path.exists(self.weights_path):
+            with open(self._record_path) as f:
+                record = json.load(f)
+            self.best, self.best_epoch = float(record["value"]), int(record["epoch"])
+            logging.info("Best epoch so far: %d (%s %.4f)", self.best_epoch + 1, monitor,
+                         self.best)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)) or float(value) <= self.best:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        # Weights first, then the record, each replaced atomically: a kill in between leaves
+        # the previous best pair or new weights with the old (lower) value, never a torn file.
+        tmp = self.weights_path + ".tmp.weights.h5"
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, self.weights_path)
+        self.best, self.best_epoch = float(value), int(epoch)
+        with open(self._record_path + ".tmp", "w") as f:
+            json.dump({"value": self.best, "epoch": self.best_epoch}, f)
+        os.replace(self._record_path + ".tmp", self._record_path)
+
+    def restore_best(self, keep_copy_at: str = None) -> bool:
+        """Loads the best weights into the model; optionally keeps a copy (e.g. in the run's
+        model_run_dir); then removes the directory. False when no epoch was recorded."""
+        if self.best_epoch is None:
+            return False
+        self.model.load_weights(self.weights_path)
+        if keep_copy_at:
+            os.makedirs(os.path.dirname(keep_copy_at), exist_ok=True)
+            shutil.copyfile(self.weights_path, keep_copy_at)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return True
