@@ -41,8 +41,15 @@ def measure(args) -> dict:
                  "deep_supervision_weight": 1.0, "cgm_weight": 1.0}
     train_cfg = {"learning_rate": 1e-3, "optimizer": "adam", "lr_schedule": "constant",
                  "warmup_steps": 0, "weight_decay": 0.0}
+    num_classes = 1
+    if args.input != "synthetic":   # as many output channels as the Transform's mask has
+        import tensorflow_transform as tft
+
+        from trainer.run import num_classes_from_spec
+        spec = tft.TFTransformOutput(args.transform_graph).transformed_feature_spec()
+        num_classes = num_classes_from_spec(spec)
     model = build_and_compile(model_cfg, train_cfg, (args.size, args.size, args.channels),
-                              device.jit_compile, args.steps + args.warmup)
+                              device.jit_compile, args.steps + args.warmup, num_classes)
     names = list(model.output_shape.keys()) if isinstance(model.output_shape, dict) else ["mask"]
     if args.input == "synthetic":
         rng = np.random.default_rng(0)
@@ -51,10 +58,7 @@ def measure(args) -> dict:
         y = {n: (mask.max(axis=(1, 2)) if n == "organ" else mask) for n in names}
         data = tf.data.Dataset.from_tensors((x, y)).repeat()
     else:
-        import tensorflow_transform as tft
-
         from trainer.inputs import TEMP_CACHE_DIR, make_dali_input, make_dataset
-        spec = tft.TFTransformOutput(args.transform_graph).transformed_feature_spec()
         files = [os.path.join(args.examples, "Split-train", "*")]
         augment = {"enabled": args.augment == "on"}
         if args.input == "dali":

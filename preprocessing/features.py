@@ -16,7 +16,8 @@ Raw examples (ExampleGen output), one per selected axial slice:
   tumor_fraction float  fraction of the slice's pixels that are tumour
 
 Transformed examples (Transform output) add the model's inputs and targets:
-  image  float32[H, W, K] normalized;  mask float32[H, W, 1] liver (incl. tumour);
+  image  float32[H, W, K] normalized;  mask float32[H, W, C]: C=1 liver (incl. tumour) with
+         classes "liver", C=3 one-hot background / liver / tumour with classes "liver_tumor";
   organ  float32[1] liver present (target of the classification-guided module)
 and pass volume_id, slice_index, has_liver, has_tumor through for evaluation slicing.
 """
