@@ -102,7 +102,7 @@ def read_floor(cases) -> dict:
 def run_conversion(cases, config, out_dir, args) -> dict:
     split_of = assign_splits([c.case_id for c in cases], 0.2)
     plan = bc.ConversionPlan([(c, split_of[c.case_id]) for c in cases], [])
-    beam_args = [f"--direct_running_mode={args.beam_mode}"]
+    beam_args = ["--runner=FnApiRunner", f"--direct_running_mode={args.beam_mode}"]
     if args.beam_mode == "multi_processing":
         beam_args.append(f"--direct_num_workers={args.workers}")
     dirs = {s: os.path.join(out_dir, s) for s in ("train", "eval")}

@@ -41,7 +41,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+BEAM_ARGS = ["--runner=FnApiRunner", "--direct_running_mode=in_memory",
+             "--direct_num_workers=1"]
 PER_SHARD = 200
 POOL = 16          # distinct slices; examples cycle through them
 

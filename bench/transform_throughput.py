@@ -59,7 +59,8 @@ def main() -> int:
               "normalization": args.normalization}
     start = time.time()
     with tft_beam.Context(temp_dir=os.path.join(tmp, "tft")):
-        with beam.Pipeline(argv=[f"--direct_running_mode={args.beam_mode}"]) as pipeline:
+        with beam.Pipeline(argv=["--runner=FnApiRunner",
+                                 f"--direct_running_mode={args.beam_mode}"]) as pipeline:
             raw = pipeline | source.BeamSource()
             (transformed, metadata), transform_fn = (
                 (raw, source.TensorAdapterConfig())

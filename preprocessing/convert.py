@@ -100,8 +100,11 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 def beam_options(beam_args: List[str]) -> PipelineOptions:
     args = list(beam_args)
-    if not any(a.startswith(("--direct_running_mode", "--runner")) for a in args):
-        args.append("--direct_running_mode=in_memory")   # never the Prism runner (STACK.md)
+    # Without --runner, Beam 2.74 first tries Prism, which downloads a binary at run time.
+    if not any(a.startswith("--runner") for a in args):
+        args.append("--runner=FnApiRunner")
+    if not any(a.startswith("--direct_running_mode") for a in args):
+        args.append("--direct_running_mode=in_memory")
     return PipelineOptions(args)
 
 

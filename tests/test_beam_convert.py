@@ -26,7 +26,7 @@ from preprocessing.splits import assign_splits
 from preprocessing.synthetic_ct import write_dataset
 
 CONFIG = SliceConfig(size=(32, 32), keep_fraction=0.25)
-IN_MEMORY = ["--direct_running_mode=in_memory"]
+IN_MEMORY = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
 
 
 def _convert(data_root, out_dir):
@@ -126,7 +126,8 @@ def test_multi_processing_writes_the_same_examples_as_in_memory(tmp_path):
     write_dataset(data, num_cases=3, in_plane=32, slices_range=(8, 10), progress=False)
     _, in_memory = _write_and_read(data, str(tmp_path / "a"), IN_MEMORY)
     plan, multi = _write_and_read(data, str(tmp_path / "b"), [
-        "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+        "--runner=FnApiRunner", "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2"])
     assert in_memory.keys() == multi.keys()
     for split in in_memory:
         assert in_memory[split] == multi[split], split   # same keys and same bytes

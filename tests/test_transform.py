@@ -48,7 +48,7 @@ def _analyze_and_transform(tmp_path, normalization, classes=None):
         config["classes"] = classes
     with tft_beam.Context(temp_dir=str(tmp_path / "tft_tmp"), force_tf_compat_v1=False):
         import apache_beam as beam
-        with beam.Pipeline(argv=["--direct_running_mode=in_memory"]) as p:
+        with beam.Pipeline(argv=["--runner=FnApiRunner", "--direct_running_mode=in_memory"]) as p:
             data = p | beam.Create(instances, reshuffle=False)
             (_, _), transform_fn = (
                 (data, dataset_metadata.DatasetMetadata(schema))

@@ -48,7 +48,7 @@ def _run(tmp_path, break_it: bool):
         components=[example_gen, schema_gen, *checks], enable_cache=False,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             str(tmp_path / "metadata.sqlite")),
-        beam_pipeline_args=["--direct_running_mode=in_memory"])
+        beam_pipeline_args=["--runner=FnApiRunner", "--direct_running_mode=in_memory"])
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
 
