@@ -27,7 +27,7 @@ import time
 import nibabel as nib
 import numpy as np
 
-from models.metrics import dice_numpy
+from models.metrics import class_map, dice_numpy
 from preprocessing.examples import slice_to_example
 from preprocessing.nifti import CaseFiles, load_case
 from preprocessing.slices import (SliceConfig, SliceRecord, model_grid_to_canonical,
@@ -62,9 +62,7 @@ def predict_probabilities(model, case, config: SliceConfig, batch_size: int = 16
 
 def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """[..., C] probabilities -> uint8 labels: C == 1 thresholded (0/1), C > 1 argmax (0/1/2)."""
-    if probs.shape[-1] == 1:
-        return (probs[..., 0] >= threshold).astype(np.uint8)
-    return np.argmax(probs, axis=-1).astype(np.uint8)
+    return class_map(probs, threshold).astype(np.uint8)
 
 
 def to_source_orientation(canonical: np.ndarray, case) -> np.ndarray:

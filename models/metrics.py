@@ -172,6 +172,15 @@ def overlap_metrics(num_classes: int = 1, threshold: float = 0.5, kinds=("dice",
     return out
 
 
+def class_map(values, threshold: float = 0.5) -> np.ndarray:
+    """[..., C] probabilities or targets -> integer class per pixel [...]: C == 1 (sigmoid)
+    thresholded to 0/1, C > 1 (softmax / one-hot) argmax."""
+    values = np.asarray(values)
+    if values.shape[-1] == 1:
+        return (values[..., 0] >= threshold).astype(np.int64)
+    return np.argmax(values, axis=-1)
+
+
 def dice_numpy(pred_bool, true_bool) -> float:
     """Dice of two boolean arrays (any shape); 1.0 when both are empty."""
     p = np.asarray(pred_bool, dtype=bool)

@@ -18,8 +18,7 @@ def make_eval_config(dice_lower_bound: float, dice_change_tolerance: float,
                      threshold: float = 0.5, classes: str = "liver") -> tfma.EvalConfig:
     """`classes` is TransformConfig.classes: "liver" (one sigmoid channel) or "liver_tumor"
     (softmax over background / liver / tumour; scored by argmax, `threshold` unused)."""
-    if classes not in tfma_dice.STRUCTURES:
-        raise ValueError(f"classes must be one of {tuple(tfma_dice.STRUCTURES)}, got {classes!r}")
+    F.check_classes(classes)
     dice_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": dice_lower_bound}),
         # The first run has no baseline and skips this; later runs must not get worse than

@@ -15,7 +15,7 @@ from components.nifti_example_gen import NiftiExampleGen
 from pipeline.configs import PipelineConfig
 from pipeline.evaluation import make_eval_config
 from pipeline.validation import validation_components
-from preprocessing.transform import check_classes
+from preprocessing.features import check_classes
 from schema import SCHEMA_PATH
 
 TRANSFORM_FN = "preprocessing.transform.preprocessing_fn"

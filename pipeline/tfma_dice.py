@@ -22,13 +22,14 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
+from models.metrics import class_map
+from preprocessing import features as F
+
 DICE = "dice"
 IOU = "iou"
 TUMOR_PREFIX = "tumor_"
-TUMOR_CLASS = 2
 # Classes mode (TransformConfig.classes) -> the structures scored, each "class >= 1" or "== 2".
 STRUCTURES = {"liver": ("liver",), "liver_tumor": ("liver", "tumor")}
-LABEL_CHANNELS = {"liver": 1, "liver_tumor": 3}   # the Transform's mask channels
 
 
 def dice_from_counts(intersection: float, predicted: float, true: float) -> float:
@@ -42,24 +43,16 @@ def iou_from_counts(intersection: float, predicted: float, true: float) -> float
     return 1.0 if union == 0 else float(intersection / union)
 
 
-def class_map(values: np.ndarray, threshold: float) -> np.ndarray:
-    """[..., C] probabilities or targets -> integer class per pixel [...]."""
-    if values.shape[-1] == 1:
-        return (values[..., 0] >= threshold).astype(np.int64)
-    return np.argmax(values, axis=-1)
-
-
 def structure_masks(classes: np.ndarray, structures) -> List[np.ndarray]:
     """Boolean pixel masks of each structure: liver = class >= 1, tumor = class == 2."""
-    return [(classes >= 1) if s == "liver" else (classes == TUMOR_CLASS) for s in structures]
+    return [(classes >= 1) if s == "liver" else (classes == F.TUMOR_LABEL) for s in structures]
 
 
 class Dice(metric_types.Metric):
     """Pooled Dice and IoU of liver (and tumour with classes="liver_tumor"); see module doc."""
 
     def __init__(self, name: str = DICE, threshold: float = 0.5, classes: str = "liver"):
-        if classes not in STRUCTURES:
-            raise ValueError(f"classes must be one of {tuple(STRUCTURES)}, got {classes!r}")
+        F.check_classes(classes)
         super().__init__(_dice_computations, name=name, threshold=threshold, classes=classes)
 
 
@@ -101,7 +94,7 @@ class _DiceCombiner(beam.CombineFn):
         self._output_name = output_name
         self._threshold = threshold
         self._structures = STRUCTURES[classes]
-        self._label_channels = LABEL_CHANNELS[classes]
+        self._label_channels = F.MASK_CHANNELS[classes]
 
     def create_accumulator(self) -> np.ndarray:
         # One row per structure: intersection, predicted, true pixel counts.
@@ -116,7 +109,7 @@ class _DiceCombiner(beam.CombineFn):
             # The prediction may have other channels than the label (1 or 3): a baseline model
             # trained in the other classes mode.
             if (pixels == 0 or label.size % self._label_channels
-                    or prediction.size not in {pixels * c for c in LABEL_CHANNELS.values()}):
+                    or prediction.size not in {pixels * c for c in F.MASK_CHANNELS.values()}):
                 raise ValueError(f"Dice: a label of {label.size} values ({self._label_channels}"
                                  f" per pixel) does not match a prediction of shape "
                                  f"{prediction.shape}")

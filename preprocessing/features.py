@@ -38,6 +38,18 @@ TUMOR_FRACTION = "tumor_fraction"
 MASK = "mask"
 ORGAN = "organ"
 
+# Target modes (TransformConfig.classes) -> channels of the transformed mask, which are the
+# model's output channels: "liver" one channel (liver incl. tumour), "liver_tumor" one-hot
+# background / liver / tumour.
+MASK_CHANNELS = {"liver": 1, "liver_tumor": 3}
+TUMOR_LABEL = 2   # tumour's label value, and its channel in the three-class mask
+
+
+def check_classes(classes: str) -> str:
+    if classes not in MASK_CHANNELS:
+        raise ValueError(f"classes must be one of {tuple(MASK_CHANNELS)}, got {classes!r}")
+    return classes
+
 IMAGE_DTYPE = "<i2"   # little-endian int16 HU
 LABEL_DTYPE = "u1"    # uint8 labels
 

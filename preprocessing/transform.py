@@ -22,10 +22,6 @@ import tensorflow_transform as tft
 from preprocessing import features as F
 
 NORMALIZATIONS = ("window", "zscore")
-CLASSES = ("liver", "liver_tumor")
-# Mask channels per classes mode: the model's output channels (trainer/run.py reads them back
-# from the transformed feature spec).
-NUM_CLASSES = {"liver": 1, "liver_tumor": 3}
 
 
 def decode_image(raw: tf.Tensor, image_shape) -> tf.Tensor:
@@ -59,16 +55,10 @@ def normalize_zscore(hu: tf.Tensor, labels: tf.Tensor, window) -> tf.Tensor:
     return (hu - mean) / std
 
 
-def check_classes(classes: str) -> str:
-    if classes not in CLASSES:
-        raise ValueError(f"classes must be one of {CLASSES}, got {classes!r}")
-    return classes
-
-
 def make_mask(labels: tf.Tensor, classes: str) -> tf.Tensor:
     """uint8 labels [B, H, W, 1] (0/1/2) -> float32 target of the classes mode."""
-    if check_classes(classes) == "liver_tumor":
-        return tf.one_hot(tf.cast(labels[..., 0], tf.int32), NUM_CLASSES[classes],
+    if F.check_classes(classes) == "liver_tumor":
+        return tf.one_hot(tf.cast(labels[..., 0], tf.int32), F.MASK_CHANNELS[classes],
                           dtype=tf.float32)
     # The liver target includes tumour: the liver task segments the whole organ.
     return tf.cast(labels > 0, tf.float32)
@@ -80,7 +70,7 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]
     method = custom_config.get("normalization", "window")
     if method not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
-    classes = check_classes(custom_config.get("classes", "liver"))
+    classes = F.check_classes(custom_config.get("classes", "liver"))
     hu = decode_image(inputs[F.IMAGE], image_shape)
     labels = decode_label(inputs[F.LABEL], image_shape)
     if method == "zscore":

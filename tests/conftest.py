@@ -25,6 +25,19 @@ def runs(tmp_path_factory):
     return output_dir, first, second
 
 
+def predict_volume_3(output_dir: str, model_dir: str, out_path: str):
+    """Runs predict.py (with the ground truth, so it prints Dice) on the synthetic volume-3,
+    stored with permuted axes (PIR), so the output must come back in that grid. Returns the
+    (input, output) NIfTI images."""
+    import nibabel as nib
+    import predict
+    data_dir = glob.glob(os.path.join(output_dir, "synthetic_ct_*"))[0]
+    volume = os.path.join(data_dir, "volume-3.nii.gz")
+    assert predict.main(["--model", model_dir, "--input", volume, "--output", out_path,
+                         "--label", os.path.join(data_dir, "segmentation-3.nii.gz")]) == 0
+    return nib.load(volume), nib.load(out_path)
+
+
 def artifact_uris(output_dir: str, component: str, output: str):
     return sorted(glob.glob(os.path.join(output_dir, "pipeline", component, output, "*")),
                   key=lambda p: int(os.path.basename(p)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import artifact_uris as _artifact_uris
+from conftest import artifact_uris as _artifact_uris, predict_volume_3
 from preprocessing import features as F
 
 pytestmark = pytest.mark.pipeline
@@ -91,16 +91,8 @@ def test_second_run_reuses_cached_components(runs):
 
 
 def test_predict_writes_a_mask_in_the_input_grid(runs, tmp_path):
-    import nibabel as nib
-    import predict
     output_dir, first, _ = runs
-    data_dir = glob.glob(os.path.join(output_dir, "synthetic_ct_*"))[0]
-    # volume-3 is stored with permuted axes (PIR): the mask must come back in that grid.
-    volume = os.path.join(data_dir, "volume-3.nii.gz")
-    out = str(tmp_path / "mask.nii.gz")
-    assert predict.main(["--model", first["pushed_to"], "--input", volume, "--output", out,
-                         "--label", os.path.join(data_dir, "segmentation-3.nii.gz")]) == 0
-    source, mask = nib.load(volume), nib.load(out)
+    source, mask = predict_volume_3(output_dir, first["pushed_to"], str(tmp_path / "mask.nii.gz"))
     assert mask.shape == source.shape
     np.testing.assert_allclose(mask.affine, source.affine)
     assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1}

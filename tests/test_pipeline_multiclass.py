@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import local_runner
-from conftest import artifact_uris
+from conftest import artifact_uris, predict_volume_3
 from pipeline.summary import collect_run_summary, format_run_summary
 from preprocessing import features as F
 
@@ -63,16 +63,9 @@ def test_evaluation_has_liver_and_tumor_dice(multiclass_run):
 
 
 def test_predict_writes_a_label_map_in_the_input_grid(multiclass_run, tmp_path, capsys):
-    import nibabel as nib
-    import predict
     output_dir, summary = multiclass_run
-    data_dir = glob.glob(os.path.join(output_dir, "synthetic_ct_*"))[0]
-    # volume-3 is stored with permuted axes (PIR): the map must come back in that grid.
-    volume = os.path.join(data_dir, "volume-3.nii.gz")
-    out = str(tmp_path / "labels.nii.gz")
-    assert predict.main(["--model", summary["pushed_to"], "--input", volume, "--output", out,
-                         "--label", os.path.join(data_dir, "segmentation-3.nii.gz")]) == 0
-    source, labels = nib.load(volume), nib.load(out)
+    source, labels = predict_volume_3(output_dir, summary["pushed_to"],
+                                      str(tmp_path / "labels.nii.gz"))
     assert labels.shape == source.shape
     np.testing.assert_allclose(labels.affine, source.affine)
     assert set(np.unique(np.asanyarray(labels.dataobj))) <= {0, 1, 2}

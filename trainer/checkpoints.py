@@ -24,6 +24,12 @@ BEST_WEIGHTS = "best.weights.h5"
 BEST_RECORD = "best.json"
 
 
+def trainer_root(model_run_dir: str) -> str:
+    """<pipeline_root>/Trainer: model_run_dir is <pipeline_root>/Trainer/model_run/<id>, the
+    place for what every execution of the Trainer shares."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(model_run_dir)))
+
+
 def resume_directory(fn_args) -> str:
     """Where an interrupted Trainer left its last epoch. Keyed by the training inputs and
     config, not by the execution (each pipeline run gets a new model_run_dir), so running the
@@ -32,8 +38,7 @@ def resume_directory(fn_args) -> str:
         "train": list(fn_args.train_files), "eval": list(fn_args.eval_files),
         "transform": fn_args.transform_output, "steps": int(fn_args.train_steps),
         "config": fn_args.custom_config}, sort_keys=True, default=str).encode()).hexdigest()
-    trainer_root = os.path.dirname(os.path.dirname(os.path.abspath(fn_args.model_run_dir)))
-    return os.path.join(trainer_root, "resume", key[:16])
+    return os.path.join(trainer_root(fn_args.model_run_dir), "resume", key[:16])
 
 
 class BestWeights(keras.callbacks.Callback):

@@ -38,6 +38,7 @@ import tensorflow as tf
 from preprocessing import features as F
 from trainer import dali_input
 from trainer.augment import AugmentConfig, augment_batch, augment_config
+from trainer.checkpoints import trainer_root
 
 INPUTS = ("auto", "dali", "tfdata")
 TEMP_CACHE_DIR = os.path.join(tempfile.gettempdir(), "unet3plus_dali_cache")
@@ -126,8 +127,7 @@ def dali_cache_directory(model_run_dir: str) -> str:
     pipeline root is remote, since DALI reads local files."""
     if "://" in model_run_dir:
         return TEMP_CACHE_DIR
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_run_dir))),
-                        "dali_cache")
+    return os.path.join(trainer_root(model_run_dir), "dali_cache")
 
 
 def _dali_replica(spec: dali_input.PipelineSpec, output_names: Sequence[str], shard_id: int,

@@ -31,9 +31,6 @@ BEST_WEIGHTS = "best.weights.h5"   # copy of the exported epoch's weights, in mo
 RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.BackupAndRestore
 
 
-TUMOR_CLASS = 2   # channel of the tumour in the three-class (liver_tumor) mask
-
-
 def num_classes_from_spec(transformed_feature_spec) -> int:
     """Output channels = mask channels as Transform wrote them: 1 (liver, sigmoid) or
     3 (background / liver / tumour, softmax)."""
@@ -47,7 +44,7 @@ def mask_metrics(num_classes: int) -> list:
     (argmax == 2)."""
     metrics = [DiceCoefficient(name="dice"), DiceCoefficient(per_image=True, name="slice_dice")]
     if num_classes > 1:
-        metrics.append(DiceCoefficient(class_id=TUMOR_CLASS, name="tumor_dice"))
+        metrics.append(DiceCoefficient(class_id=F.TUMOR_LABEL, name="tumor_dice"))
     return metrics
 
 
