@@ -44,15 +44,29 @@ def normalize_window(hu: tf.Tensor, window) -> tf.Tensor:
     return (tf.clip_by_value(hu, lo, hi) - lo) / (hi - lo)
 
 
+NO_FOREGROUND = ("z-score normalization: the analysed train split has no foreground "
+                 "(label > 0) voxels, so there is no foreground mean and std to normalize with; "
+                 "use --normalization window or check the labels")
+
+
 def normalize_zscore(hu: tf.Tensor, labels: tf.Tensor, window) -> tf.Tensor:
     """z-score with the foreground statistics of the analysed (training) data. The analyzers
-    become constants in the saved graph, so serving needs no labels."""
+    become constants in the saved graph, so serving needs no labels. Fails (NO_FOREGROUND)
+    when the analysed data has no foreground voxel."""
     hu = tf.clip_by_value(hu, float(window[0]), float(window[1]))
     centre = hu.shape[-1] // 2
     foreground = tf.boolean_mask(hu[..., centre:centre + 1], labels > 0)
     mean = tft.mean(foreground)
     std = tf.sqrt(tft.var(foreground)) + 1e-6
-    return (hu - mean) / std
+    # Without foreground, mean and var of the empty set come out as 0, and the images as
+    # HU / 1e-6 (~1e8) without any error; stop the Transform run instead, naming the cause.
+    # background_only: 1 when no analysed slice has a label > 0. It is phrased so that 0 is the
+    # good value because the assertion also runs while tft analyses, with 0 standing in for
+    # every analyzer's output until it is computed (a foreground count would fail there).
+    background_only = tft.min(tf.cast(tf.reduce_all(labels == 0, axis=[1, 2, 3]), tf.float32))
+    check = tf.debugging.assert_equal(background_only, 0.0, message=NO_FOREGROUND)
+    with tf.control_dependencies([check]):
+        return (hu - mean) / std
 
 
 def make_mask(labels: tf.Tensor, classes: str) -> tf.Tensor:

@@ -69,7 +69,11 @@ def _write_shards(directory, channels=1, sizes=(10, 7), image_is_mask=False, see
 
 
 def _batches(dataset, n):
-    return [(x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in dataset.take(n)]
+    """The first n batches as numpy; exactly n, so an empty or short input fails here instead
+    of making the comparisons below (zips) vacuous."""
+    batches = [(x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in dataset.take(n)]
+    assert len(batches) == n, f"expected {n} batches, the input gave {len(batches)}"
+    return batches
 
 
 # --- (a) the same batches from both inputs --------------------------------------------------
@@ -83,7 +87,7 @@ def test_tfdata_and_dali_give_identical_batches(tmp_path, channels):
                                   cache_dir=str(tmp_path / "cache"))
     # 6 batches of 4 from 17 records: crosses the end of the epoch (both wrap around).
     a, b = _batches(tfdata, 6), _batches(dali, 6)
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya["mask"], yb["mask"])
         np.testing.assert_array_equal(ya["organ"], yb["organ"])
@@ -106,7 +110,7 @@ def test_dali_cache_reused_and_rebuilt_without_marker(tmp_path):
     assert not second.built and second.records == first.records
     assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
     # DALI's index: "offset size" per record, covering the file exactly.
-    for record, index, n in zip(first.records, first.indexes, (10, 7)):
+    for record, index, n in zip(first.records, first.indexes, (10, 7), strict=True):
         rows = [tuple(map(int, line.split())) for line in open(index)]
         assert len(rows) == n and rows[0][0] == 0
         assert rows[-1][0] + rows[-1][1] == os.path.getsize(record)
@@ -199,7 +203,7 @@ def test_tfdata_augmentation_is_reproducible(tmp_path):
     def batches():
         return _batches(inputs.make_dataset([pattern], spec, ["mask"], 4, shuffle=False,
                                             seed=3, augment={}), 2)
-    for (xa, ya), (xb, yb) in zip(batches(), batches()):
+    for (xa, ya), (xb, yb) in zip(batches(), batches(), strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya["mask"], yb["mask"])
 
@@ -214,7 +218,8 @@ def test_dali_augmentation_moves_image_and_mask_together(tmp_path, channels):
             cache_dir=str(tmp_path / "cache"), augment=augment), 4)
     plain = batches(None)
     augmented = batches(GEOMETRY_ONLY)
-    for (_, y0), (x, y) in zip(plain, augmented):
+    # strict zips, and _batches gives exactly 4 batches: an empty input cannot pass vacuously.
+    for (_, y0), (x, y) in zip(plain, augmented, strict=True):
         liver = y["mask"] if channels == 1 else y["mask"][..., 1:].sum(-1, keepdims=True)
         original = y0["mask"] if channels == 1 else y0["mask"][..., 1:].sum(-1, keepdims=True)
         _check_moved_together(x, liver, original[..., 0])
@@ -222,10 +227,10 @@ def test_dali_augmentation_moves_image_and_mask_together(tmp_path, channels):
             np.testing.assert_array_equal(y["mask"].sum(-1), 1.0)
         np.testing.assert_array_equal(y["organ"], organ_present(y["mask"]).numpy())
     # Same seed, same augmentation; nothing to do: the batches as read.
-    for (xa, ya), (xb, yb) in zip(augmented, batches(GEOMETRY_ONLY)):
+    for (xa, ya), (xb, yb) in zip(augmented, batches(GEOMETRY_ONLY), strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya["mask"], yb["mask"])
-    for (xa, ya), (xb, yb) in zip(plain, batches(STILL)):
+    for (xa, ya), (xb, yb) in zip(plain, batches(STILL), strict=True):
         np.testing.assert_allclose(xb, xa, atol=1e-6)
         np.testing.assert_array_equal(yb["mask"], ya["mask"])
 
@@ -321,7 +326,7 @@ def test_inputs_on_real_transform_output(runs, tmp_path):
     a = _batches(inputs.make_dataset(evaluation, spec, outputs, 4, shuffle=False), 3)
     b = _batches(inputs.make_dali_input(evaluation, spec, outputs, 4, shuffle=False,
                                         cache_dir=str(tmp_path)), 3)
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya["mask"], yb["mask"])
         np.testing.assert_array_equal(ya["organ"], yb["organ"])
@@ -330,6 +335,8 @@ def test_inputs_on_real_transform_output(runs, tmp_path):
     train_ds, _, description = inputs.make_input_datasets(train, evaluation, spec, outputs, cfg,
                                                           cache_dir=str(tmp_path))
     assert description.startswith("DALI")
-    for image, targets in train_ds.take(2):
+    train_batches = list(train_ds.take(2))
+    assert len(train_batches) == 2, "the train split gave no batches"
+    for image, targets in train_batches:
         assert image.shape == a[0][0].shape
         assert set(np.unique(targets["mask"].numpy())) <= {0.0, 1.0}

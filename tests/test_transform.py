@@ -22,13 +22,15 @@ SHAPE = (16, 16, 3)
 WINDOW = (-200.0, 250.0)
 
 
-def _raw_examples(n=12):
+def _raw_examples(n=12, foreground=True):
+    """n slices; with foreground=False every label is 0 (no liver, no tumour anywhere)."""
     rng = np.random.default_rng(1)
     out = []
     for i in range(n):
         label = np.zeros(SHAPE[:2], np.uint8)
-        label[4:10, 4:10] = 1 if i % 3 else 0
-        label[5:7, 5:7] = 2 if i % 4 == 0 and i % 3 else label[5:7, 5:7]
+        if foreground:
+            label[4:10, 4:10] = 1 if i % 3 else 0
+            label[5:7, 5:7] = 2 if i % 4 == 0 and i % 3 else label[5:7, 5:7]
         image = rng.integers(-200, 250, SHAPE).astype(np.int16)
         image[label > 0] = 60 + rng.integers(-10, 10, (int((label > 0).sum()), 3))
         out.append(slice_to_example(f"volume-{i % 2}", (0.7, 0.7, 2.0),
@@ -36,10 +38,10 @@ def _raw_examples(n=12):
     return out
 
 
-def _analyze_and_transform(tmp_path, normalization, classes=None):
+def _analyze_and_transform(tmp_path, normalization, classes=None, raw=None):
     schema = text_format.Parse(open(SCHEMA_PATH).read(), schema_pb2.Schema())
     spec = schema_utils.schema_as_feature_spec(schema).feature_spec
-    raw = _raw_examples()
+    raw = _raw_examples() if raw is None else raw
     parsed = tf.io.parse_example([e.SerializeToString() for e in raw], spec)
     instances = [{k: v[i].numpy() for k, v in parsed.items()} for i in range(len(raw))]
     config = {"image_shape": list(SHAPE), "window": list(WINDOW),
@@ -82,6 +84,18 @@ def test_serving_path_equals_transform(tmp_path, normalization):
     np.testing.assert_array_equal(batch[F.ORGAN].numpy()[:, 0],
                                   (labels > 0).any(axis=(1, 2)).astype(np.float32))
     assert output.transformed_feature_spec()[F.IMAGE].shape == list(SHAPE)
+
+
+def test_zscore_without_foreground_fails_naming_the_cause(tmp_path):
+    # A train split without any label > 0 has no foreground statistics: Transform must stop
+    # with the cause, not write images scaled by 1 / 1e-6.
+    raw = _raw_examples(foreground=False)
+    assert not _labels(raw).any()
+    with pytest.raises(Exception) as info:
+        _analyze_and_transform(tmp_path, "zscore", raw=raw)
+    assert "the analysed train split has no foreground (label > 0) voxels" in str(info.value), \
+        str(info.value)[-3000:]
+    assert "--normalization window" in str(info.value)
 
 
 def _labels(raw):
