@@ -53,6 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no_augment", action="store_true",
                    help="train without augmentation (default: rotation, scaling, elastic, "
                         "brightness/contrast, noise; see AugmentConfig in pipeline/configs.py)")
+    p.add_argument("--dice_lower_bound", type=float, default=None,
+                   help="eval liver Dice a model needs to be blessed (default: the profile's)")
+    p.add_argument("--dice_change_tolerance", type=float, default=None,
+                   help="how much worse than the last blessed model's Dice a model may be and "
+                        "still be blessed (default: the profile's)")
     p.add_argument("--no_cache", action="store_true", help="re-run every component")
     p.add_argument("--beam_arg", action="append", default=None, metavar="ARG",
                    help="a Beam pipeline argument (repeatable), e.g. "
@@ -75,7 +80,8 @@ def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
         precision=args.precision, xla=args.xla, normalization=args.normalization,
         classes=args.classes, input=args.input,
         manifest=os.path.abspath(args.manifest) if args.manifest else None,
-        num_cases=args.num_cases,
+        num_cases=args.num_cases, dice_lower_bound=args.dice_lower_bound,
+        dice_change_tolerance=args.dice_change_tolerance,
         enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg,
         pipeline_name=args.pipeline_name)
     if args.no_augment:

@@ -9,6 +9,11 @@ or dali reads Transform output (--examples DIR with Split-train/) through traine
 (--augment on: with the default training augmentation). Prints,
 last, the images/s of the chosen setting and of the fp32 baseline, and their ratio. Each
 setting runs in its own process (precision policies are global).
+
+Against the limit: each setting also reports the GFLOP/s its training steps reach (3x the
+forward FLOPs of bench/model_flops.py per image: forward, and a backward pass of twice that)
+and their fraction of this machine's matmul rate in the same dtype, measured in the same
+process (a 2048x2048 matmul: the most a dense kernel gets out of these cores).
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WIDTHS = {"paper": ((64, 128, 256, 512, 1024), 64), "demo": ((16, 32, 64, 128, 256), 16)}
+WIDTHS = {"paper": ((64, 128, 256, 512, 1024), 64), "demo": ((16, 32, 64, 128, 256), 16),
+          "narrow": ((8, 16, 32, 64, 128), 8)}
 
 
 def measure(args) -> dict:
@@ -33,11 +39,12 @@ def measure(args) -> dict:
     from trainer.device import resolve_device_settings
     from trainer.run import build_and_compile
 
-    device = resolve_device_settings(args.precision, args.xla)
-    device.apply()
     filters, skip = WIDTHS[args.widths]
+    device = resolve_device_settings(args.precision, args.xla, filters=filters,
+                                     skip_filters=skip)
+    device.apply()
     model_cfg = {"filters": filters, "skip_filters": skip, "variant": args.variant,
-                 "encoder": "unet3plus", "loss": "hybrid", "loss_weights": [1, 1, 1],
+                 "encoder": "unet3plus", "loss": args.loss, "loss_weights": [1, 1, 1],
                  "deep_supervision_weight": 1.0, "cgm_weight": 1.0}
     train_cfg = {"learning_rate": 1e-3, "optimizer": "adam", "lr_schedule": "constant",
                  "warmup_steps": 0, "weight_decay": 0.0}
@@ -70,8 +77,30 @@ def measure(args) -> dict:
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0)
     elapsed = time.perf_counter() - start
-    return {"policy": device.policy, "xla": device.jit_compile,
-            "images_per_s": args.steps * args.batch / elapsed}
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import model_flops
+    train_flops = 3 * model_flops.count(model)["flops"]   # per image
+    images_per_s = args.steps * args.batch / elapsed
+    return {"policy": device.policy, "xla": device.jit_compile, "reason": device.reason,
+            "images_per_s": images_per_s, "gflops_per_s": images_per_s * train_flops / 1e9,
+            "train_gflops_per_image": train_flops / 1e9,
+            "matmul_gflops_per_s": matmul_rate(device.policy) / 1e9}
+
+
+def matmul_rate(policy: str, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of an n x n matmul in the policy's compute dtype: best of `repeats`."""
+    import tensorflow as tf
+    dtype = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}.get(policy, tf.float32)
+    a = tf.cast(tf.random.stateless_uniform((n, n), (1, 2)), dtype)
+    b = tf.cast(tf.random.stateless_uniform((n, n), (3, 4)), dtype)
+    matmul = tf.function(tf.linalg.matmul)
+    matmul(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
 
 
 def main() -> int:
@@ -83,6 +112,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--variant", default="base", choices=("base", "ds", "ds_cgm"))
+    p.add_argument("--loss", default="hybrid", help="models/losses.py name: hybrid, bce_dice...")
     p.add_argument("--widths", default="paper", choices=tuple(WIDTHS))
     p.add_argument("--precision", default="auto")
     p.add_argument("--xla", default="auto")
@@ -110,7 +140,12 @@ def main() -> int:
         results[label] = json.loads(lines[-1][len("RESULT "):])
         r = results[label]
         print(f"{label:14s} policy {r['policy']:15s} XLA {str(r['xla']):5s} "
-              f"{r['images_per_s']:.2f} images/s")
+              f"{r['images_per_s']:.2f} images/s, {r['gflops_per_s']:.1f} GFLOP/s = "
+              f"{r['gflops_per_s'] / r['matmul_gflops_per_s']:.0%} of the "
+              f"{r['matmul_gflops_per_s']:.0f} GFLOP/s matmul rate in that dtype "
+              f"({r['train_gflops_per_image']:.1f} GFLOP per training image)")
+        if label == "chosen":
+            print(f"{'':14s} why: {r['reason']}")
     chosen, base = results["chosen"], results["fp32 baseline"]
     print(f"UNet 3+ {args.variant} {args.widths} widths {args.size}x{args.size} batch "
           f"{args.batch}: {chosen['images_per_s']:.2f} images/s ({chosen['policy']}, XLA "

@@ -103,6 +103,7 @@ class TrainConfig:
     shuffle_buffer: int = 256   # examples; TFX's default of 10,000 images would need GBs
     steps_per_epoch: int = 100  # how often validation and TensorBoard run
     input: str = "auto"         # auto (dali when its TF plugin imports, else tfdata) | dali | tfdata
+    seed: int = 0               # weights, shuffling and augmentation: a rerun trains the same
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
 
@@ -151,18 +152,23 @@ def profile_config(profile: str) -> PipelineConfig:
             synthetic=SyntheticDataConfig(num_cases=5, size=64, min_slices=12, max_slices=18),
             example_gen=ExampleGenConfig(
                 slices=SliceConfig(size=(64, 64), keep_fraction=0.2), eval_fraction=0.4),
-            model=ModelConfig(filters=(4, 8, 16, 32, 64), skip_filters=4, loss="bce_dice"),
-            train=TrainConfig(train_steps=12, eval_steps=2, batch_size=4, steps_per_epoch=6,
-                              shuffle_buffer=32),
-            evaluation=EvalConfig(dice_lower_bound=0.0, dice_change_tolerance=1.0),
+            # Small enough for CI, yet it must learn: the Evaluator's own bar of 0.8 blesses
+            # it or the pipeline tests fail (measured eval liver Dice ~0.92 with seed 0).
+            model=ModelConfig(filters=(8, 16, 32, 64, 128), skip_filters=8, loss="bce_dice"),
+            train=TrainConfig(train_steps=120, eval_steps=2, batch_size=4, steps_per_epoch=30,
+                              learning_rate=3e-3, warmup_steps=10, shuffle_buffer=32,
+                              augment=AugmentConfig(enabled=False)),
+            evaluation=EvalConfig(dice_lower_bound=0.8),
         )
     if profile == "demo":
         return PipelineConfig(
             synthetic=SyntheticDataConfig(num_cases=12, size=128),
-            example_gen=ExampleGenConfig(slices=SliceConfig(size=(128, 128))),
-            model=ModelConfig(filters=(16, 32, 64, 128, 256), skip_filters=16, loss="hybrid"),
-            train=TrainConfig(train_steps=600, eval_steps=20, batch_size=8, steps_per_epoch=100,
-                              learning_rate=2e-3),
+            example_gen=ExampleGenConfig(slices=SliceConfig(size=(64, 64))),
+            model=ModelConfig(filters=(8, 16, 32, 64, 128), skip_filters=8, loss="hybrid"),
+            # Augmentation off: over 450 steps it cost 1.6x the training time and ~0.01 Dice
+            # on this data; it pays off in long runs on real data (the paper profile).
+            train=TrainConfig(train_steps=450, eval_steps=10, batch_size=8, steps_per_epoch=75,
+                              learning_rate=2e-3, augment=AugmentConfig(enabled=False)),
             evaluation=EvalConfig(dice_lower_bound=0.85),
         )
     if profile == "paper":
@@ -187,6 +193,8 @@ OVERRIDABLE = {
     "normalization": ("transform", "normalization"),
     "classes": ("transform", "classes"),
     "input": ("train", "input"),
+    "dice_lower_bound": ("evaluation", "dice_lower_bound"),
+    "dice_change_tolerance": ("evaluation", "dice_change_tolerance"),
 }
 
 

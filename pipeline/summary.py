@@ -51,6 +51,30 @@ def read_eval_metrics(eval_uri: str, names=tuple(EVAL_METRICS.values())
 
 
 
+def read_blessing_failures(eval_uri: str) -> List[str]:
+    """Why the Evaluator did not bless: one line per failed threshold, from TFMA's validation
+    result (a value threshold: below the bar; a change threshold: worse than the last blessed
+    model by more than the tolerance). Empty when validation passed."""
+    import tensorflow_model_analysis as tfma
+    result = tfma.load_validation_result(eval_uri)
+    reasons = []
+    for per_slice in result.metric_validations_per_slice:
+        where = ", ".join(f"{c.column}={c.bytes_value.decode() or c.int64_value}"
+                          for c in per_slice.slice_key.single_slice_keys) or "overall"
+        for failure in per_slice.failures:
+            name = failure.metric_key.name
+            value = failure.metric_value.double_value.value
+            threshold = failure.metric_threshold
+            if failure.metric_key.is_diff:
+                tolerance = -threshold.change_threshold.absolute.value
+                reasons.append(f"{name} ({where}) changed by {value:+.4f} against the last "
+                               f"blessed model: worse than the tolerance of {tolerance:.4f}")
+            else:
+                bar = threshold.value_threshold.lower_bound.value
+                reasons.append(f"{name} ({where}) {value:.4f} is below the bar {bar:.4f}")
+    return reasons
+
+
 def _open_store(metadata_path: str):
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
@@ -102,7 +126,12 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None
     if "Model" in latest:
         summary["model_uri"] = latest["Model"].uri
     if "ModelRun" in latest:
+        from trainer.run import TRAINING_REPORT
         summary["tensorboard_logdir"] = latest["ModelRun"].uri
+        path = os.path.join(latest["ModelRun"].uri, TRAINING_REPORT)
+        if os.path.exists(path):
+            with open(path) as f:
+                summary["training"] = json.load(f)
     if "ModelEvaluation" in latest:
         metrics = read_eval_metrics(latest["ModelEvaluation"].uri)
         for key, name in EVAL_METRICS.items():
@@ -110,6 +139,9 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None
                 summary[key] = metrics[name]
     if "ModelBlessing" in latest:
         summary["blessed"] = bool(_prop(latest["ModelBlessing"], "blessed"))
+        if not summary["blessed"] and "ModelEvaluation" in latest:
+            summary["not_blessed_because"] = read_blessing_failures(
+                latest["ModelEvaluation"].uri)
     if "PushedModel" in latest:
         pushed = latest["PushedModel"]
         summary["pushed"] = bool(_prop(pushed, "pushed"))
@@ -132,6 +164,14 @@ def format_run_summary(summary: Optional[Dict[str, Any]]) -> str:
         q = summary["quarantined"]
         lines.append(f"Quarantined cases: {len(q)}" + "".join(
             f"\n  - {r['case_id']}: {r['reason']} ({r['file']})" for r in q))
+    training = summary.get("training")
+    if training:
+        device = training["device"]
+        lines.append(f"Training:   {training['epochs_run']} epochs in {training['seconds']:.0f} s,"
+                     f" {training['images_per_s']:.1f} images/s (incl. validation), "
+                     f"{device['policy']}, XLA {'on' if device['jit_compile'] else 'off'}, "
+                     f"{device['replicas']} replica(s)")
+        lines.append(f"  device choice: {device['reason']}")
     dice = summary.get("eval_dice") or {}
     tumor = summary.get("eval_tumor_dice") or {}
     if "overall" in dice:
@@ -144,8 +184,12 @@ def format_run_summary(summary: Optional[Dict[str, Any]]) -> str:
         per_volume = sorted(k for k in dice if k.startswith("volume_id"))
         for name in per_volume + sorted(k for k in dice if k.startswith("has_")):
             lines.append(f"  {name}: {row(name)}")
-    if "blessed" in summary:
-        lines.append(f"Blessed:    {'yes' if summary['blessed'] else 'NO (Dice below the bar or worse than the last blessed model)'}")
+    if summary.get("blessed"):
+        lines.append("Blessed:    yes")
+    elif "blessed" in summary:
+        lines.append("Blessed:    NO, because:" + "".join(
+            f"\n  - {reason}" for reason in summary.get("not_blessed_because") or
+            ["(no failed threshold recorded in the evaluation)"]))
     if summary.get("pushed"):
         lines.append(f"Pushed to:  {summary['pushed_to']}")
     elif "pushed" in summary or "blessed" in summary:

@@ -10,8 +10,8 @@ import local_runner
 from pipeline.summary import collect_run_summary
 
 
-def _run(output_dir: str) -> dict:
-    assert local_runner.main(["--profile", "tiny", "--output_dir", output_dir]) == 0
+def _run(output_dir: str, *flags: str) -> dict:
+    assert local_runner.main(["--profile", "tiny", "--output_dir", output_dir, *flags]) == 0
     summary = collect_run_summary(os.path.join(output_dir, "metadata.sqlite"))
     assert summary is not None
     return summary
@@ -25,6 +25,17 @@ def runs(tmp_path_factory):
     return output_dir, first, second
 
 
+@pytest.fixture(scope="session")
+def rejected_run(runs):
+    """A third run in the same place with a candidate that cannot be good: one training step.
+    The first run's model is the last blessed one, so the Evaluator must reject this one on
+    both thresholds, and the Pusher must not ship it."""
+    output_dir, _, _ = runs
+    pushed_before = sorted(os.listdir(os.path.join(output_dir, "serving_model")))
+    summary = _run(output_dir, "--train_steps", "1")
+    return output_dir, summary, pushed_before
+
+
 def predict_volume_3(output_dir: str, model_dir: str, out_path: str):
     """Runs predict.py (with the ground truth, so it prints Dice) on the synthetic volume-3,
     stored with permuted axes (PIR), so the output must come back in that grid. Returns the
@@ -36,6 +47,15 @@ def predict_volume_3(output_dir: str, model_dir: str, out_path: str):
     assert predict.main(["--model", model_dir, "--input", volume, "--output", out_path,
                          "--label", os.path.join(data_dir, "segmentation-3.nii.gz")]) == 0
     return nib.load(volume), nib.load(out_path)
+
+
+def truth_of_volume_3(output_dir: str):
+    """The ground-truth labels of the synthetic volume-3, in its file's own grid."""
+    import nibabel as nib
+    import numpy as np
+    data_dir = glob.glob(os.path.join(output_dir, "synthetic_ct_*"))[0]
+    return np.rint(np.asanyarray(nib.load(os.path.join(data_dir, "segmentation-3.nii.gz"))
+                                 .dataobj))
 
 
 def artifact_uris(output_dir: str, component: str, output: str):

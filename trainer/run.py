@@ -20,7 +20,7 @@ from models.losses import get_loss
 from models.metrics import DiceCoefficient
 from models.unet3plus import build_unet3plus, model_output_names
 from preprocessing import features as F
-from trainer.checkpoints import BestWeights, resume_directory
+from trainer.checkpoints import BestWeights, resume_directory, trainer_root
 from trainer.device import resolve_device_settings, synchronize_batch_norm
 from trainer.export import export_serving_model
 from trainer.inputs import dali_cache_directory, first_batch, make_input_datasets
@@ -29,6 +29,7 @@ from trainer.tensorboard_images import SegmentationImages
 
 BEST_WEIGHTS = "best.weights.h5"   # copy of the exported epoch's weights, in model_run_dir
 RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.BackupAndRestore
+TRAINING_REPORT = "training_report.json"   # device choice and speed, in model_run_dir
 
 
 def num_classes_from_spec(transformed_feature_spec) -> int:
@@ -93,12 +94,28 @@ def _log_resume_point(resume_dir: str, epochs: int) -> None:
                  epoch, epochs, resume_dir)
 
 
+def _write_training_report(model_run_dir: str, device, epochs_run: int, seconds: float,
+                           images_per_s: float, val_dice) -> None:
+    """What the run summary prints about training: the device choice with its reason and the
+    probe's bf16/fp32 ratio, and the speed reached."""
+    report = {"device": device.to_dict(), "epochs_run": epochs_run, "seconds": seconds,
+              "images_per_s": images_per_s, "val_dice": [float(v) for v in val_dice]}
+    os.makedirs(model_run_dir, exist_ok=True)
+    with open(os.path.join(model_run_dir, TRAINING_REPORT), "w") as f:
+        json.dump(report, f, indent=1)
+
+
 def run_fn(fn_args) -> None:
     cfg = fn_args.custom_config
     model_cfg, train_cfg, image_shape = cfg["model"], cfg["train"], cfg["image_shape"]
     device = resolve_device_settings(train_cfg["precision"], train_cfg["xla"],
-                                     train_cfg["gpus"], int(train_cfg["cpu_replicas"]))
+                                     train_cfg["gpus"], int(train_cfg["cpu_replicas"]),
+                                     filters=model_cfg["filters"],
+                                     skip_filters=int(model_cfg["skip_filters"]),
+                                     probe_cache_dir=trainer_root(fn_args.model_run_dir))
     device.apply()
+    seed = int(train_cfg["seed"])
+    keras.utils.set_random_seed(seed)   # initial weights (Python, NumPy and TF seeds)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = tf_transform_output.transformed_feature_spec()
     num_classes = num_classes_from_spec(spec)
@@ -123,7 +140,7 @@ def run_fn(fn_args) -> None:
     outputs = model_output_names(model_cfg["variant"])
     train_ds, eval_ds, _ = make_input_datasets(
         fn_args.train_files, fn_args.eval_files, spec, outputs, train_cfg, strategy=strategy,
-        cache_dir=dali_cache_directory(fn_args.model_run_dir))
+        cache_dir=dali_cache_directory(fn_args.model_run_dir), seed=seed)
 
     # Keras names a metric after its output only when the model has several outputs.
     monitor = "val_dice" if len(outputs) == 1 else "val_mask_dice"
@@ -152,10 +169,12 @@ def run_fn(fn_args) -> None:
     elapsed = time.time() - start
     val_dice = history.history.get(monitor, [float("nan")])
     epochs_run = len(history.epoch)
+    images_per_s = epochs_run * steps_per_epoch * batch / max(elapsed, 1e-9)
     logging.info("Ran %d of %d epochs in %.0f s (%.1f images/s incl. validation); validation "
-                 "Dice per epoch: %s", epochs_run, epochs, elapsed,
-                 epochs_run * steps_per_epoch * batch / max(elapsed, 1e-9),
+                 "Dice per epoch: %s", epochs_run, epochs, elapsed, images_per_s,
                  [round(v, 4) for v in val_dice])
+    _write_training_report(fn_args.model_run_dir, device, epochs_run, elapsed, images_per_s,
+                           val_dice)
     tumor_monitor = monitor.replace("dice", "tumor_dice")
     if tumor_monitor in history.history:
         logging.info("Validation tumour Dice per epoch: %s",

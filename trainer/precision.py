@@ -1,0 +1,194 @@
+"""Which compute precision trains fastest here, decided by what the machine has and by timing.
+
+Hosts differ from run to run. On a CPU with native bf16 instructions (`avx512_bf16` or
+`amx_bf16`) bf16 convolutions can be 2-3x faster than fp32 at the paper's widths, yet slower
+than fp32 for a narrow model, where the casts cost more than the cheaper convolutions save. On a
+CPU without them bf16 is emulated and ~7x slower. So on CPU, bf16 is chosen only where the
+flags say it is native AND a short timed probe of the configured widths says it is faster.
+On GPU: bf16 from compute capability 8.0 (Ampere) on, fp16 with loss scaling below that.
+
+Everything here is pure decision logic plus one probe; trainer/device.py applies the result.
+The decision functions take the CPU flags, GPU compute capabilities and probe timings as
+arguments, so tests inject them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from typing import Callable, Iterable, Optional, Sequence, Tuple
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# bf16 must beat fp32 by this much in the probe: a ratio within timing noise keeps fp32, the
+# numerically safer choice.
+MIN_BF16_SPEEDUP = 1.15
+PROBE_FILE = "precision_probe.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionChoice:
+    policy: str                    # Keras dtype policy name: float32 | mixed_bfloat16 | ...
+    reason: str                    # one line for the run log and the run summary
+    bf16_speedup: Optional[float] = None   # probe: fp32 step time / bf16 step time
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> frozenset:
+    """The instruction-set flags of the first CPU (Linux); empty where unknown."""
+    try:
+        with open(cpuinfo_path) as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(flags: Iterable[str]) -> Optional[str]:
+    """The first flag that makes bf16 native, or None."""
+    flags = set(flags)
+    return next((f for f in NATIVE_BF16_FLAGS if f in flags), None)
+
+
+def choose_gpu_precision(compute_capabilities: Sequence[Tuple[int, int]]) -> PrecisionChoice:
+    """bf16 when every GPU used has compute capability >= 8.0 (bf16 tensor cores, no loss
+    scaling needed); fp16 with loss scaling otherwise (Keras wraps the optimizer in a
+    LossScaleOptimizer under mixed_float16)."""
+    if not compute_capabilities:
+        raise ValueError("choose_gpu_precision needs at least one GPU")
+    oldest = min(tuple(cc) for cc in compute_capabilities)
+    if oldest >= (8, 0):
+        return PrecisionChoice("mixed_bfloat16",
+                               f"GPU compute capability {oldest[0]}.{oldest[1]} >= 8.0 -> bf16")
+    return PrecisionChoice("mixed_float16", f"GPU compute capability {oldest[0]}.{oldest[1]} "
+                                            "< 8.0 -> fp16 with loss scaling")
+
+
+def choose_cpu_precision(flags: Iterable[str],
+                         probe: Callable[[], Tuple[float, float]]) -> PrecisionChoice:
+    """fp32 unless the CPU has native bf16 and `probe()` -> (fp32 s/step, bf16 s/step) shows
+    bf16 at least MIN_BF16_SPEEDUP faster. The probe is only called where bf16 is native."""
+    flag = native_bf16(flags)
+    if flag is None:
+        return PrecisionChoice("float32", "CPU without native bf16 (no "
+                                          f"{' or '.join(NATIVE_BF16_FLAGS)} flag) -> fp32")
+    fp32_s, bf16_s = probe()
+    speedup = fp32_s / bf16_s
+    if speedup >= MIN_BF16_SPEEDUP:
+        return PrecisionChoice("mixed_bfloat16", f"CPU has {flag}; probe: bf16 {speedup:.2f}x "
+                                                 "fp32 -> bf16", speedup)
+    return PrecisionChoice("float32", f"CPU has {flag}, but probe: bf16 only {speedup:.2f}x "
+                                      f"fp32 (< {MIN_BF16_SPEEDUP}) at these widths -> fp32",
+                           speedup)
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe: a few training steps of the configured UNet 3+ (its own widths) at a small size.
+# A stack of conv + BatchNorm blocks alone is not enough: at the demo widths it measured bf16
+# 1.2x faster, while the whole network trained 0.44-0.63x as fast in bf16, because at narrow
+# widths the decoder's resizes, concatenations and casts cost more than the convolutions save.
+
+def time_train_steps(filters: Sequence[int], skip_filters: int, dtype: str, size: int = 64,
+                     channels: int = 3, batch: int = 2, steps: int = 2, rounds: int = 2) -> float:
+    """Seconds per training step (forward, loss, backward, SGD update) of UNet 3+ with these
+    widths in `dtype`: the best of `rounds` timings of `steps` steps, after one step that
+    traces the function. The global Keras dtype policy is restored afterwards."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from models.losses import get_loss
+    from models.unet3plus import build_unet3plus
+
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(dtype)
+    try:
+        model = build_unet3plus((size, size, channels), filters=tuple(filters),
+                                skip_filters=int(skip_filters), dropout=0.0)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss={"mask": get_loss("bce_dice")},
+                  jit_compile=False)
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, size, size, channels), np.float32)
+    data = tf.data.Dataset.from_tensors((x, {"mask": (x[..., :1] > 0.5).astype(np.float32)}))
+    data = data.repeat()
+    model.fit(data, steps_per_epoch=1, epochs=1, verbose=0)   # trace and warm up
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
+def probe_key(filters: Sequence[int], skip_filters: int, size: int) -> str:
+    """The probe's answer holds for one machine, one TensorFlow and one model width."""
+    import tensorflow as tf
+    what = {"machine": platform.node(), "cpu": _cpu_model(), "flags": sorted(cpu_flags()),
+            "tf": tf.__version__, "filters": [int(f) for f in filters],
+            "skip_filters": int(skip_filters), "size": int(size)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cached_probe(filters: Sequence[int], skip_filters: int, cache_dir: Optional[str],
+                 size: int = 64) -> Callable[[], Tuple[float, float]]:
+    """A probe for choose_cpu_precision: (fp32, bf16) seconds per step, read from
+    `cache_dir`/precision_probe.json when this machine, TF and width were measured before,
+    measured and stored otherwise. A bf16 step that fails (a oneDNN build without bf16
+    kernels) counts as infinitely slow."""
+    def probe() -> Tuple[float, float]:
+        key = probe_key(filters, skip_filters, size)
+        path = os.path.join(cache_dir, PROBE_FILE) if cache_dir else None
+        cache = _read_json(path) if path else {}
+        if key in cache:
+            logging.info("Precision probe: cached result for this machine and width (%s)", path)
+            return cache[key]["fp32_s"], cache[key]["bf16_s"]
+        start = time.perf_counter()
+        fp32_s = time_train_steps(filters, skip_filters, "float32", size)
+        try:
+            bf16_s = time_train_steps(filters, skip_filters, "mixed_bfloat16", size)
+        except Exception as e:   # noqa: BLE001  any failure means: not usable here
+            logging.warning("Precision probe: bf16 step failed (%s); using fp32",
+                            str(e).splitlines()[0][:200])
+            bf16_s = float("inf")
+        logging.info("Precision probe (%.1f s): fp32 %.1f ms/step, bf16 %.1f ms/step, widths %s "
+                     "at %dx%d", time.perf_counter() - start, fp32_s * 1e3, bf16_s * 1e3,
+                     list(filters), size, size)
+        if path:
+            cache[key] = {"fp32_s": fp32_s, "bf16_s": bf16_s, "filters": list(filters),
+                          "skip_filters": skip_filters, "size": size,
+                          "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(cache, f, indent=1)
+            os.replace(tmp, path)   # atomic: a concurrent reader never sees half a file
+        return fp32_s, bf16_s
+    return probe
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
