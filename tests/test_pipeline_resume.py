@@ -23,7 +23,7 @@ from pipeline.summary import collect_run_summary
 pytestmark = pytest.mark.pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_STEPS = 24          # the tiny profile trains 6 steps per epoch: 4 epochs
+TRAIN_STEPS = 4 * profile_config("tiny").train.steps_per_epoch   # 4 epochs
 UPSTREAM = ("NiftiExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
             "Transform")
 

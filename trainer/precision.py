@@ -20,7 +20,7 @@ import logging
 import os
 import platform
 import time
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # bf16 must beat fp32 by this much in the probe: a ratio within timing noise keeps fp32, the
@@ -95,14 +95,9 @@ def choose_cpu_precision(flags: Iterable[str],
 # 1.2x faster, while the whole network trained 0.44-0.63x as fast in bf16, because at narrow
 # widths the decoder's resizes, concatenations and casts cost more than the convolutions save.
 
-def time_train_steps(filters: Sequence[int], skip_filters: int, dtype: str, size: int = 64,
-                     channels: int = 3, batch: int = 2, steps: int = 2, rounds: int = 2) -> float:
-    """Seconds per training step (forward, loss, backward, SGD update) of UNet 3+ with these
-    widths in `dtype`: the best of `rounds` timings of `steps` steps, after one step that
-    traces the function. The global Keras dtype policy is restored afterwards."""
+def _compiled_probe_model(filters: Sequence[int], skip_filters: int, dtype: str, size: int,
+                         channels: int):
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     from models.losses import get_loss
     from models.unet3plus import build_unet3plus
@@ -112,20 +107,44 @@ def time_train_steps(filters: Sequence[int], skip_filters: int, dtype: str, size
     try:
         model = build_unet3plus((size, size, channels), filters=tuple(filters),
                                 skip_filters=int(skip_filters), dropout=0.0)
-    finally:
+    finally:   # the probe leaves the global policy as it found it
         keras.mixed_precision.set_dtype_policy(previous)
     model.compile(optimizer=keras.optimizers.SGD(1e-3), loss={"mask": get_loss("bce_dice")},
                   jit_compile=False)
+    return model
+
+
+def time_train_steps(filters: Sequence[int], skip_filters: int,
+                     dtypes: Sequence[str] = ("float32", "mixed_bfloat16"), size: int = 64,
+                     channels: int = 3, batch: int = 2, steps: int = 2, rounds: int = 3
+                     ) -> Dict[str, float]:
+    """{dtype: seconds per training step} (forward, loss, backward, SGD update) of UNet 3+
+    with these widths: each model traced by one step, then `rounds` rounds of `steps` steps
+    that alternate between the dtypes, the best round of each. Alternating matters on a
+    shared VM whose speed drifts: timed one after the other, the same pair of settings gave
+    ratios from 0.97x to 1.58x. A dtype whose model fails to build or run gets inf."""
+    import numpy as np
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
     x = rng.random((batch, size, size, channels), np.float32)
     data = tf.data.Dataset.from_tensors((x, {"mask": (x[..., :1] > 0.5).astype(np.float32)}))
     data = data.repeat()
-    model.fit(data, steps_per_epoch=1, epochs=1, verbose=0)   # trace and warm up
-    best = float("inf")
+    models, best = {}, {}
+    for dtype in dtypes:
+        try:
+            models[dtype] = _compiled_probe_model(filters, skip_filters, dtype, size, channels)
+            models[dtype].fit(data, steps_per_epoch=1, epochs=1, verbose=0)   # trace, warm up
+        except Exception as e:   # noqa: BLE001  any failure means: not usable here
+            logging.warning("Precision probe: a %s training step failed (%s)", dtype,
+                            str(e).strip().splitlines()[0][:200])
+            models.pop(dtype, None)
+        best[dtype] = float("inf")
     for _ in range(rounds):
-        start = time.perf_counter()
-        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-        best = min(best, (time.perf_counter() - start) / steps)
+        for dtype, model in models.items():
+            start = time.perf_counter()
+            model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+            best[dtype] = min(best[dtype], (time.perf_counter() - start) / steps)
     return best
 
 
@@ -153,8 +172,8 @@ def cached_probe(filters: Sequence[int], skip_filters: int, cache_dir: Optional[
                  size: int = 64) -> Callable[[], Tuple[float, float]]:
     """A probe for choose_cpu_precision: (fp32, bf16) seconds per step, read from
     `cache_dir`/precision_probe.json when this machine, TF and width were measured before,
-    measured and stored otherwise. A bf16 step that fails (a oneDNN build without bf16
-    kernels) counts as infinitely slow."""
+    measured and stored otherwise. A bf16 step that fails (e.g. oneDNN limited to AVX2 by
+    ONEDNN_MAX_CPU_ISA has no bf16 convolution) counts as infinitely slow."""
     def probe() -> Tuple[float, float]:
         key = probe_key(filters, skip_filters, size)
         path = os.path.join(cache_dir, PROBE_FILE) if cache_dir else None
@@ -163,13 +182,8 @@ def cached_probe(filters: Sequence[int], skip_filters: int, cache_dir: Optional[
             logging.info("Precision probe: cached result for this machine and width (%s)", path)
             return cache[key]["fp32_s"], cache[key]["bf16_s"]
         start = time.perf_counter()
-        fp32_s = time_train_steps(filters, skip_filters, "float32", size)
-        try:
-            bf16_s = time_train_steps(filters, skip_filters, "mixed_bfloat16", size)
-        except Exception as e:   # noqa: BLE001  any failure means: not usable here
-            logging.warning("Precision probe: bf16 step failed (%s); using fp32",
-                            str(e).splitlines()[0][:200])
-            bf16_s = float("inf")
+        timings = time_train_steps(filters, skip_filters, ("float32", "mixed_bfloat16"), size)
+        fp32_s, bf16_s = timings["float32"], timings["mixed_bfloat16"]
         logging.info("Precision probe (%.1f s): fp32 %.1f ms/step, bf16 %.1f ms/step, widths %s "
                      "at %dx%d", time.perf_counter() - start, fp32_s * 1e3, bf16_s * 1e3,
                      list(filters), size, size)
