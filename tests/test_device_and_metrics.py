@@ -51,8 +51,8 @@ def test_cpu_with_native_bf16_uses_it_only_when_measured_faster(flag):
     assert decide_settings("auto", "auto", [], flags,
                            probe_giving(0.11, 0.10)).policy == "float32"
     # A bf16 step that failed (timed as infinitely slow) means fp32.
-    assert decide_settings("auto", "auto", [], flags,
-                           probe_giving(0.1, float("inf"))).policy == "float32"
+    failed = decide_settings("auto", "auto", [], flags, probe_giving(0.1, float("inf")))
+    assert failed.policy == "float32" and "bf16 training step failed" in failed.reason
 
 
 @pytest.mark.parametrize("capabilities, policy", [

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -80,6 +81,9 @@ def choose_cpu_precision(flags: Iterable[str],
         return PrecisionChoice("float32", "CPU without native bf16 (no "
                                           f"{' or '.join(NATIVE_BF16_FLAGS)} flag) -> fp32")
     fp32_s, bf16_s = probe()
+    if not math.isfinite(bf16_s):
+        return PrecisionChoice("float32", f"CPU has {flag}, but a bf16 training step failed "
+                                          "here -> fp32", 0.0)
     speedup = fp32_s / bf16_s
     if speedup >= MIN_BF16_SPEEDUP:
         return PrecisionChoice("mixed_bfloat16", f"CPU has {flag}; probe: bf16 {speedup:.2f}x "
