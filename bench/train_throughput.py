@@ -44,7 +44,7 @@ def measure(args) -> dict:
                                      skip_filters=skip)
     device.apply()
     model_cfg = {"filters": filters, "skip_filters": skip, "variant": args.variant,
-                 "encoder": "unet3plus", "loss": args.loss, "loss_weights": [1, 1, 1],
+                 "encoder": "unet3plus", "loss": args.loss, "loss_weights": {},
                  "deep_supervision_weight": 1.0, "cgm_weight": 1.0}
     train_cfg = {"learning_rate": 1e-3, "optimizer": "adam", "lr_schedule": "constant",
                  "warmup_steps": 0, "weight_decay": 0.0}

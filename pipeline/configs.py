@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from preprocessing.slices import SliceConfig
+from trainer.augment_config import AugmentConfig
 
 PIPELINE_NAME = "unet3plus-liver"
 PROFILES = ("tiny", "demo", "paper")
@@ -58,29 +59,15 @@ class TransformConfig:
 
 
 @dataclasses.dataclass
-class AugmentConfig:
-    """Training-time augmentation (train split only). Image and mask always move together;
-    masks are resampled with nearest neighbour. No left-right flips: anatomy is not symmetric."""
-    enabled: bool = True
-    rotation_degrees: float = 10.0      # uniform in [-r, r]
-    scale_range: Tuple[float, float] = (0.9, 1.1)
-    elastic_alpha: float = 2.0          # std of the displacement in pixels (0 = off)
-    elastic_sigma: float = 12.0         # smoothness of the displacement field, pixels
-    brightness: float = 0.05            # additive shift, uniform in [-b, b] (normalized units)
-    contrast_range: Tuple[float, float] = (0.9, 1.1)   # multiplicative, about the image mean
-    noise_std: float = 0.02             # Gaussian noise, normalized units
-    flip_left_right: bool = False
-    probability: float = 1.0            # chance that a given image is augmented at all
-
-
-@dataclasses.dataclass
 class ModelConfig:
     variant: str = "base"                                # base | ds | ds_cgm
     encoder: str = "unet3plus"          # unet3plus (the paper's) | vgg16 | vgg19 | resnet50
     filters: Tuple[int, ...] = (64, 128, 256, 512, 1024)
     skip_filters: int = 64
     loss: str = "hybrid"                                 # hybrid | dice | bce | bce_dice | ...
-    loss_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)   # focal, MS-SSIM, IoU
+    # The loss's own weights by name, e.g. {"w_focal": 1, "w_ms_ssim": 0.5, "w_iou": 1} for
+    # hybrid or {"w_bce": 1, "w_dice": 2} for bce_dice (models/losses.py); {}: all 1.
+    loss_weights: Dict[str, float] = dataclasses.field(default_factory=dict)
     deep_supervision_weight: float = 1.0   # weight of each side output's loss (ds variants)
     cgm_weight: float = 1.0                # weight of the organ classifier's BCE (ds_cgm)
 

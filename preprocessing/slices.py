@@ -462,11 +462,6 @@ def _selection(labels_zhw: Optional[np.ndarray], num_slices: int, case_id: str,
     return _select(has_liver, case_id, config)
 
 
-def slice_indices(prepared: PreparedVolume, case_id: str, config: SliceConfig) -> np.ndarray:
-    """The slices to convert: the selection for labelled cases, every slice otherwise."""
-    return _selection(prepared.labels, prepared.num_slices, case_id, config)
-
-
 def iter_slices(case: CanonicalCase, config: SliceConfig,
                 indices: Optional[np.ndarray] = None) -> Iterator[SliceRecord]:
     """Yields SliceRecords for the selected slices (all slices when `indices` is None and the

@@ -28,3 +28,18 @@ def test_manifest_drives_the_example_gen(tmp_path):
     assert example_gen.exec_properties["input_base"] == str(tmp_path)
     assert "cases.csv" in str(example_gen.exec_properties["input_config"])
     assert json.dumps(str(manifest))[1:-1] in str(example_gen.exec_properties["custom_config"])
+
+
+def test_loss_weights_reach_the_loss_by_name():
+    """ModelConfig.loss_weights are the chosen loss's own keyword weights; one it doesn't have
+    is an error naming the loss, not silently dropped."""
+    import dataclasses
+    from trainer.run import build_and_compile
+    model_cfg = dataclasses.asdict(make_config("tiny").model)
+    train_cfg = dataclasses.asdict(make_config("tiny").train)
+    model_cfg.update(loss="bce_dice", loss_weights={"w_dice": 2.0})
+    model = build_and_compile(model_cfg, train_cfg, (32, 32, 3), False, 10)
+    assert model.loss["mask"].w_dice == 2.0 and model.loss["mask"].w_bce == 1.0
+    model_cfg.update(loss_weights={"w_ms_ssim": 0.5})
+    with pytest.raises(ValueError, match="do not fit loss 'bce_dice'"):
+        build_and_compile(model_cfg, train_cfg, (32, 32, 3), False, 10)

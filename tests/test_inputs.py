@@ -15,7 +15,9 @@ import tensorflow as tf
 
 from conftest import artifact_uris
 from trainer import dali_input, inputs
-from trainer.augment import augment_batch, augment_config, organ_present
+from models.losses import organ_present
+from trainer.augment import augment_batch
+from trainer.augment_config import augment_config
 
 H = W = 32
 K = 3

@@ -19,28 +19,13 @@ channels 1.. > 0.5, channel 0 being background).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from pipeline.configs import AugmentConfig
-
-
-def augment_config(cfg: Optional[dict]) -> AugmentConfig:
-    """The AugmentConfig of a custom_config dict (JSON turns its tuples into lists); None or
-    missing keys take the dataclass defaults, unknown keys are an error."""
-    if cfg is None:
-        return AugmentConfig()
-    if isinstance(cfg, AugmentConfig):
-        return cfg
-    known = {f.name for f in dataclasses.fields(AugmentConfig)}
-    unknown = set(cfg) - known
-    if unknown:
-        raise ValueError(f"unknown augmentation settings {sorted(unknown)}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    return AugmentConfig(**values)
+from models.losses import organ_present
+from trainer.augment_config import AugmentConfig
 
 
 def has_affine(cfg: AugmentConfig) -> bool:
@@ -59,12 +44,6 @@ def _uniform(seed, batch, lo, hi):
 def _seeds(seed, n: int):
     """n independent stateless seeds from one [2] int seed."""
     return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), n))
-
-
-def organ_present(mask: tf.Tensor) -> tf.Tensor:
-    """[B, H, W, C] mask -> [B, 1] float: 1 where any non-background pixel."""
-    foreground = mask if mask.shape[-1] == 1 else mask[..., 1:]
-    return tf.cast(tf.reduce_any(foreground > 0.5, axis=[1, 2, 3])[:, None], tf.float32)
 
 
 def gaussian_kernel(sigma: float, radius: int) -> tf.Tensor:

@@ -20,8 +20,9 @@ import shutil
 
 import keras
 
-BEST_WEIGHTS = "best.weights.h5"
+BEST_WEIGHTS = "best.weights.h5"   # the best epoch's weights (also copied to model_run_dir)
 BEST_RECORD = "best.json"
+RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.BackupAndRestore
 
 
 def trainer_root(model_run_dir: str) -> str:
@@ -39,6 +40,25 @@ def resume_directory(fn_args) -> str:
         "transform": fn_args.transform_output, "steps": int(fn_args.train_steps),
         "config": fn_args.custom_config}, sort_keys=True, default=str).encode()).hexdigest()
     return os.path.join(trainer_root(fn_args.model_run_dir), "resume", key[:16])
+
+
+def check_resume_point(resume_dir: str, epochs: int) -> None:
+    """Says where an interrupted run resumes, and deletes a checkpoint it cannot read: Keras
+    truncates, then writes its metadata file, so a kill in between leaves it empty, and every
+    later fit() would fail on it, run after run (the directory is keyed by the inputs)."""
+    metadata_path = os.path.join(resume_dir, RESUME_METADATA)
+    if not os.path.exists(metadata_path):
+        return
+    try:
+        with open(metadata_path) as f:
+            epoch = int(json.load(f)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        logging.warning("Unreadable checkpoint metadata in %s (killed while writing it); "
+                        "training starts over", resume_dir)
+        shutil.rmtree(resume_dir, ignore_errors=True)
+        return
+    logging.info("Resuming interrupted training at epoch %d of %d (checkpoint in %s)",
+                 epoch, epochs, resume_dir)
 
 
 class BestWeights(keras.callbacks.Callback):

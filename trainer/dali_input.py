@@ -38,7 +38,8 @@ import numpy as np
 import tensorflow as tf
 
 from preprocessing import features as F
-from trainer.augment import AugmentConfig, gaussian_kernel, has_affine, is_geometric
+from trainer.augment import gaussian_kernel, has_affine, is_geometric
+from trainer.augment_config import AugmentConfig
 
 MARKER = "COMPLETE.json"
 FEATURES = (F.IMAGE, F.MASK, F.ORGAN)
@@ -238,7 +239,8 @@ def _augment(image, mask, cfg: AugmentConfig, height: int, width: int, op_device
 
 
 def _organ(mask, channels: int):
-    """Organ present, recomputed from the augmented mask (see trainer/augment.py)."""
+    """Organ present, recomputed from the augmented mask: DALI's twin of
+    models.losses.organ_present (see trainer/augment.py)."""
     from nvidia.dali import fn, types
     foreground = mask if channels == 1 else mask[:, :, 1:]
     present = fn.reductions.max(foreground) > 0.5

@@ -37,7 +37,8 @@ import tensorflow as tf
 
 from preprocessing import features as F
 from trainer import dali_input
-from trainer.augment import AugmentConfig, augment_batch, augment_config
+from trainer.augment import augment_batch
+from trainer.augment_config import AugmentConfig, augment_config
 from trainer.checkpoints import trainer_root
 
 INPUTS = ("auto", "dali", "tfdata")

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 
 import keras
@@ -20,15 +19,14 @@ from models.losses import get_loss
 from models.metrics import DiceCoefficient
 from models.unet3plus import build_unet3plus, model_output_names
 from preprocessing import features as F
-from trainer.checkpoints import BestWeights, resume_directory, trainer_root
+from trainer.checkpoints import (BEST_WEIGHTS, BestWeights, check_resume_point,
+                                 resume_directory, trainer_root)
 from trainer.device import resolve_device_settings, synchronize_batch_norm
 from trainer.export import export_serving_model
 from trainer.inputs import dali_cache_directory, first_batch, make_input_datasets
 from trainer.optim import make_learning_rate, make_optimizer
 from trainer.tensorboard_images import SegmentationImages
 
-BEST_WEIGHTS = "best.weights.h5"   # copy of the exported epoch's weights, in model_run_dir
-RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.BackupAndRestore
 TRAINING_REPORT = "training_report.json"   # device choice and speed, in model_run_dir
 
 
@@ -55,9 +53,12 @@ def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile
                             filters=tuple(model_cfg["filters"]),
                             skip_filters=int(model_cfg["skip_filters"]),
                             variant=model_cfg["variant"], encoder=model_cfg["encoder"])
-    w_focal, w_ms_ssim, w_iou = model_cfg["loss_weights"]
-    loss_kwargs = ({"w_focal": w_focal, "w_ms_ssim": w_ms_ssim, "w_iou": w_iou}
-                   if model_cfg["loss"] == "hybrid" else {})
+    loss_kwargs = {k: float(v) for k, v in model_cfg["loss_weights"].items()}
+    try:   # a weight the chosen loss doesn't have is an error, not silently ignored
+        get_loss(model_cfg["loss"], **loss_kwargs)
+    except TypeError as e:
+        raise ValueError(f"loss_weights {loss_kwargs} do not fit loss {model_cfg['loss']!r} "
+                         f"({e})") from None
     losses, weights = {}, {}
     for name in model_output_names(model_cfg["variant"]):
         if name == "organ":
@@ -73,25 +74,6 @@ def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile
                   metrics={"mask": mask_metrics(num_classes)},
                   jit_compile=jit_compile)
     return model
-
-
-def _log_resume_point(resume_dir: str, epochs: int) -> None:
-    """Says where an interrupted run resumes. Keras truncates, then writes its metadata file:
-    a kill in between leaves it empty, and every later fit() would fail on it, run after run
-    (the directory is keyed by the inputs), so an unreadable checkpoint is dropped."""
-    metadata_path = os.path.join(resume_dir, RESUME_METADATA)
-    if not os.path.exists(metadata_path):
-        return
-    try:
-        with open(metadata_path) as f:
-            epoch = int(json.load(f)["epoch"])
-    except (ValueError, KeyError, TypeError):
-        logging.warning("Unreadable checkpoint metadata in %s (killed while writing it); "
-                        "training starts over", resume_dir)
-        shutil.rmtree(resume_dir, ignore_errors=True)
-        return
-    logging.info("Resuming interrupted training at epoch %d of %d (checkpoint in %s)",
-                 epoch, epochs, resume_dir)
 
 
 def _write_training_report(model_run_dir: str, device, epochs_run: int, seconds: float,
@@ -145,7 +127,7 @@ def run_fn(fn_args) -> None:
     # Keras names a metric after its output only when the model has several outputs.
     monitor = "val_dice" if len(outputs) == 1 else "val_mask_dice"
     resume_dir = resume_directory(fn_args)
-    _log_resume_point(resume_dir, epochs)
+    check_resume_point(resume_dir, epochs)
     # The exported model is the one with the best validation Dice, not the last one; the best
     # so far is kept beside the resume checkpoint, so it survives a kill too.
     best = BestWeights(resume_dir + ".best", monitor)
