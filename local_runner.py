@@ -59,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="how much worse than the last blessed model's Dice a model may be and "
                         "still be blessed (default: the profile's)")
     p.add_argument("--no_cache", action="store_true", help="re-run every component")
+    p.add_argument("--verbose", action="store_true",
+                   default=env("UNET3P_VERBOSE", "") not in ("", "0"),
+                   help="put every TFX, Beam and TensorFlow log line on the console too (they "
+                        "always go to <output_dir>/logs/run-<timestamp>.log)")
     p.add_argument("--beam_arg", action="append", default=None, metavar="ARG",
                    help="a Beam pipeline argument (repeatable), e.g. "
                         "--beam_arg=--direct_running_mode=multi_processing")
@@ -119,13 +123,25 @@ def ensure_input_data(config: configs.PipelineConfig) -> str:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger().setLevel(logging.INFO)
     args = parse_args(argv)
+    from pipeline import console
+    # Before TFX, Beam or TensorFlow are imported: the noise filters act at import time.
+    run_log = console.setup_logging(os.path.join(os.path.abspath(args.output_dir), "logs"),
+                                    verbose=args.verbose)
+    say = console.console_logger().info
+    say("Full log: %s", run_log.path)
+    try:
+        return _run(args, run_log, say)
+    finally:
+        say("Full log: %s", run_log.path)
+        run_log.close()
+
+
+def _run(args: argparse.Namespace, run_log, say) -> int:
+    from pipeline import console
     config = config_from_args(args)
     data_root = ensure_input_data(config)
-    logging.info("Profile %s; data %s; pipeline root %s", args.profile, data_root,
-                 config.pipeline_root)
+    say("Profile %s; data %s; pipeline root %s", args.profile, data_root, config.pipeline_root)
 
     from tfx import v1 as tfx
     from pipeline.pipeline import create_pipeline
@@ -137,13 +153,19 @@ def main(argv=None) -> int:
         .sqlite_metadata_connection_config(config.metadata_path))
     use_byte_size_batching()
     previous_run = latest_run_id(config.metadata_path)
+    if run_log.component_lines is not None:
+        # Each component's end line carries its key figure, read from this run's artifacts.
+        run_log.component_lines.set_figures(
+            console.run_figures(config.metadata_path, newer_than=previous_run))
     start = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)
     # Under `tfx pipeline create` run() is only recorded, not executed: then no new run exists.
     summary = collect_run_summary(config.metadata_path, newer_than=previous_run)
-    print(format_run_summary(summary))
+    text = format_run_summary(summary)
     if summary:
-        print(f"Total time: {time.time() - start:.0f} s")
+        text += f"\nTotal time: {time.time() - start:.0f} s"
+    print(text, flush=True)
+    logging.getLogger(__name__).info("Run summary:%s", text)   # the log file keeps it too
     return 0
 
 

@@ -65,8 +65,8 @@ def check_output(output_path: str) -> None:
 
 
 def load_slice_config(model_dir: str) -> SliceConfig:
-    from trainer.export import SLICE_CONFIG_FILE
-    path = os.path.join(model_dir, SLICE_CONFIG_FILE)
+    from schema.contract import MODEL_SLICE_CONFIG_FILE
+    path = os.path.join(model_dir, MODEL_SLICE_CONFIG_FILE)
     try:
         with open(path) as f:
             return SliceConfig.from_dict(json.load(f))
@@ -176,7 +176,11 @@ def _one_line(text: str) -> str:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from pipeline.console import setup_logging
+    # Console: this tool's own lines, warnings and errors, on stderr as before; TensorFlow's
+    # import chatter filtered (pipeline/console.py says why each filter is safe).
+    setup_logging(None, name="predict", component_lines=False, project_info=True,
+                  stream=sys.stderr)
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported SavedModel directory")

@@ -12,10 +12,11 @@ naming the cases, when the bad fraction exceeds `max_bad_fraction` or nothing is
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import apache_beam as beam
 from google.protobuf import any_pb2, json_format, struct_pb2
@@ -29,32 +30,33 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from preprocessing.beam_convert import (  # noqa: F401  (re-exported for callers and tests)
-    CASES_FILE, DEFAULT_COMPRESS_THREADS, DEFAULT_COMPRESSION_LEVEL, QUARANTINE_FILE, SUMMARY_FILE,
-    check_conversion, convert_cases, plan_conversion, remove_temp_dir, resolve_manifest,
-    summarize_conversion, write_examples, write_lines)
-from preprocessing.slices import SliceConfig
+from preprocessing.beam_convert import (ConversionPlan, check_conversion, convert_cases,
+                                        plan_conversion, remove_temp_dir, summarize_conversion,
+                                        write_examples, write_lines)
+from preprocessing.conversion_settings import ConversionSettings
 from preprocessing.splits import EVAL, TRAIN
+from schema.contract import CASES_FILE, QUARANTINE_FILE
 
 # Under the output artifact, removed when the executor ends.
 TEMP_DIR_NAME = ".nifti_example_gen_tmp"
 
 
-def make_custom_config(settings: Dict[str, Any]) -> example_gen_pb2.CustomConfig:
-    """Packs the conversion settings (a JSON-able dict) into ExampleGen's CustomConfig."""
+def make_custom_config(settings: ConversionSettings) -> example_gen_pb2.CustomConfig:
+    """Packs the conversion settings into ExampleGen's CustomConfig."""
     struct = struct_pb2.Struct()
-    struct.update(json.loads(json.dumps(settings)))   # tuples -> lists: Struct takes lists only
+    # tuples -> lists (Struct takes lists only); None values stay, so from_dict sees them.
+    struct.update(json.loads(json.dumps(settings.to_dict())))
     packed = any_pb2.Any()
     packed.Pack(struct)
     return example_gen_pb2.CustomConfig(custom_config=packed)
 
 
-def read_custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+def read_custom_config(exec_properties: Dict[str, Any]) -> ConversionSettings:
     custom = example_gen_pb2.CustomConfig()
     proto_utils.json_to_proto(exec_properties["custom_config"], custom)
     struct = struct_pb2.Struct()
     custom.custom_config.Unpack(struct)
-    return json_format.MessageToDict(struct)
+    return ConversionSettings.from_dict(json_format.MessageToDict(struct))
 
 
 def split_output_config(eval_fraction: float) -> example_gen_pb2.Output:
@@ -75,22 +77,29 @@ class Executor(BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline, exec_properties: Dict[str, Any]
                                ) -> Dict[str, beam.PCollection]:
-        """Serialized tf.Examples per split (also writes the quarantine and case reports to
-        self._report_dir when Do set it)."""
+        """Serialized tf.Examples per split (TFX's hook; Do converts through `_convert`)."""
         settings = read_custom_config(exec_properties)
-        slice_config = SliceConfig.from_dict(settings["slice"])
+        plan = self._plan(settings, exec_properties)
+        return self._convert(pipeline, settings, plan, report_dir=None)
+
+    @staticmethod
+    def _plan(settings: ConversionSettings, exec_properties: Dict[str, Any]) -> ConversionPlan:
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
         plan = plan_conversion(settings, input_base)
-        self._plan = plan
-        self._input_case_count = plan.input_cases
         logging.info("NiftiExampleGen: %d cases from %s (%d train, %d eval), %d rejected before "
                      "reading; slices %s", plan.input_cases,
-                     resolve_manifest(settings, input_base) or input_base,
-                     plan.cases_in(TRAIN), plan.cases_in(EVAL), len(plan.errors), slice_config)
+                     settings.manifest_path(input_base) or input_base,
+                     plan.cases_in(TRAIN), plan.cases_in(EVAL), len(plan.errors),
+                     settings.slices)
+        return plan
+
+    @staticmethod
+    def _convert(pipeline: beam.Pipeline, settings: ConversionSettings, plan: ConversionPlan,
+                 report_dir: Optional[str]) -> Dict[str, beam.PCollection]:
+        """Examples per split; with `report_dir`, also the quarantine and case reports."""
         examples, quarantine, summaries = convert_cases(
-            pipeline, plan.cases, plan.errors, [TRAIN, EVAL], slice_config,
-            prefetch=bool(settings.get("prefetch", True)))
-        report_dir = getattr(self, "_report_dir", None)
+            pipeline, plan.cases, plan.errors, [TRAIN, EVAL], settings.slices,
+            prefetch=settings.prefetch)
         if report_dir:
             write_lines(quarantine, os.path.join(report_dir, QUARANTINE_FILE), "Quarantine")
             write_lines(summaries, os.path.join(report_dir, CASES_FILE), "CaseSummaries")
@@ -100,7 +109,7 @@ class Executor(BaseExampleGenExecutor):
         self._log_startup(input_dict, output_dict, exec_properties)
         examples_artifacts = output_dict[standard_component_specs.EXAMPLES_KEY]
         examples_artifact = artifact_utils.get_single_instance(examples_artifacts)
-        self._report_dir = examples_artifact.uri
+        report_dir = examples_artifact.uri
         settings = read_custom_config(exec_properties)
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
@@ -111,19 +120,17 @@ class Executor(BaseExampleGenExecutor):
         split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
         examples_artifact.split_names = artifact_utils.encode_split_names(split_names)
 
+        plan = self._plan(settings, exec_properties)
         temp_dir = os.path.join(examples_artifact.uri, TEMP_DIR_NAME)
         try:
             with self._make_beam_pipeline() as pipeline:
-                examples = self.GenerateExamplesByBeam(pipeline, exec_properties)
+                examples = self._convert(pipeline, settings, plan, report_dir)
                 write_examples(
                     examples,
                     {s: artifact_utils.get_split_uri(examples_artifacts, s) for s in examples},
-                    temp_dir, {s: max(1, self._plan.cases_in(s)) for s in examples},
-                    compression_level=int(settings.get("compression_level",
-                                                       DEFAULT_COMPRESSION_LEVEL)),
-                    compress_threads=int(settings.get("compress_threads",
-                                                      DEFAULT_COMPRESS_THREADS)),
-                    seed=int(settings.get("split_seed", 0)))
+                    temp_dir, {s: max(1, plan.cases_in(s)) for s in examples},
+                    compression_level=settings.compression_level,
+                    compress_threads=settings.compress_threads, seed=settings.split_seed)
         finally:
             remove_temp_dir(temp_dir)
 
@@ -133,11 +140,11 @@ class Executor(BaseExampleGenExecutor):
         examples_utils.set_file_format(examples_artifact, write_split.to_file_format_str(
             example_gen_pb2.FILE_FORMAT_UNSPECIFIED))
 
-        summary = summarize_conversion(self._report_dir, self._input_case_count)
+        summary = summarize_conversion(report_dir, plan.input_cases)
         examples_artifact.set_int_custom_property("cases_converted", summary["cases_converted"])
         examples_artifact.set_int_custom_property("cases_quarantined",
                                                   summary["cases_quarantined"])
-        check_conversion(summary, float(settings.get("max_bad_fraction", 0.1)))
+        check_conversion(summary, settings.max_bad_fraction)
 
 
 class NiftiExampleGen(FileBasedExampleGen):
@@ -146,28 +153,27 @@ class NiftiExampleGen(FileBasedExampleGen):
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, input_base: Optional[str], settings: Dict[str, Any]):
-        """settings: {"slice": SliceConfig.to_dict(), "eval_fraction", "split_seed",
-        "eval_cases" (optional list), "max_bad_fraction", and optionally "manifest" (a CSV with
-        columns image, label, case_id; absolute or relative to input_base), "allow_unlabeled",
-        "compression_level" (zlib 0-9, default 1), "compress_threads", "prefetch" (read the next
-        case while converting one; default true)}.
+    def __init__(self, input_base: Optional[str],
+                 settings: Union[ConversionSettings, Dict[str, Any]]):
+        """`settings`: ConversionSettings, or its to_dict() form.
 
         With a manifest, input_base becomes the manifest's folder and the manifest file is what
         the driver fingerprints for caching (edit the manifest, or disable the cache, when
         listed files change in place)."""
+        if not isinstance(settings, ConversionSettings):
+            settings = ConversionSettings.from_dict(settings)
         pattern = "*.nii*"
-        manifest = resolve_manifest(settings, input_base)
+        manifest = settings.manifest_path(input_base)
         if manifest:
             if "://" not in manifest:
                 manifest = os.path.abspath(manifest)
-            settings = dict(settings, manifest=manifest)
+            settings = dataclasses.replace(settings, manifest=manifest)
             input_base, pattern = os.path.dirname(manifest), os.path.basename(manifest)
         super().__init__(
             input_base=input_base,
             # The driver fingerprints these files for caching; the executor pairs them itself.
             input_config=example_gen_pb2.Input(splits=[
                 example_gen_pb2.Input.Split(name="all", pattern=pattern)]),
-            output_config=split_output_config(float(settings.get("eval_fraction", 0.2))),
+            output_config=split_output_config(settings.eval_fraction),
             custom_config=make_custom_config(settings),
         )

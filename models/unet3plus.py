@@ -102,6 +102,17 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
     check_encoder(encoder)
     filters = tuple(int(f) for f in filters)
     depth = encoder_depth(encoder, filters)
+    _check_input_shape(input_shape, depth)
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    enc = build_encoder(encoder, inputs, filters, bn_momentum=bn_momentum)
+    dec = _full_scale_decoder(enc, skip_filters, bn_momentum)
+    outputs = _heads(enc, dec, num_classes, variant, dropout, cgm_gate_in_training)
+    default = f"unet3plus_{variant}" if encoder == "unet3plus" else f"unet3plus_{encoder}_{variant}"
+    return keras.Model(inputs=inputs, outputs=outputs, name=name or default)
+
+
+def _check_input_shape(input_shape: Sequence[int], depth: int) -> None:
     if depth < 2:
         raise ValueError("need at least two encoder stages")
     scale = 2 ** (depth - 1)
@@ -109,13 +120,12 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
         if dim is not None and dim % scale:
             raise ValueError(f"input height/width {tuple(input_shape[:2])} must be divisible by {scale}")
 
-    activation = "sigmoid" if num_classes == 1 else "softmax"
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
 
-    # ---- encoder -------------------------------------------------------------------------
-    enc = build_encoder(encoder, inputs, filters, bn_momentum=bn_momentum)
-
-    # ---- decoder with full-scale skip connections ------------------------------------------
+def _full_scale_decoder(enc: list, skip_filters: int, bn_momentum: float) -> dict:
+    """{stage: decoder map}, stage 1 the finest. Every decoder stage fuses all scales: the finer
+    encoder maps max-pooled down, the coarser decoder maps (and the bottleneck) bilinearly
+    upsampled, each through a conv to `skip_filters` channels."""
+    depth = len(enc)
     fused_channels = depth * skip_filters
     dec = {depth: enc[-1]}  # X_De^N = X_En^N
     for i in range(depth - 1, 0, -1):
@@ -130,8 +140,15 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
                                       bn_momentum=bn_momentum))
         x = layers.Concatenate(axis=-1, name=f"dec{i}_cat")(parts)
         dec[i] = conv_bn_relu(x, fused_channels, name=f"dec{i}_fuse", bn_momentum=bn_momentum)
+    return dec
 
-    # ---- heads ---------------------------------------------------------------------------
+
+def _heads(enc: list, dec: dict, num_classes: int, variant: str, dropout: float,
+           cgm_gate_in_training: bool) -> dict:
+    """The variant's outputs: the mask, deep-supervision side masks (ds, ds_cgm), and the
+    classification-guided module's organ score gating every mask (ds_cgm)."""
+    depth = len(enc)
+    activation = "sigmoid" if num_classes == 1 else "softmax"
     gated = variant == "ds_cgm"
     suffix = "_prob" if gated else ""
     outputs = {"mask": _seg_head(dec[1], num_classes, activation, 1, "mask" + suffix, "head1")}
@@ -149,6 +166,4 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
                                               dtype="float32", name=key)([outputs[key], organ])
         outputs["organ"] = organ
 
-    outputs = {k: outputs[k] for k in model_output_names(variant, depth)}
-    default = f"unet3plus_{variant}" if encoder == "unet3plus" else f"unet3plus_{encoder}_{variant}"
-    return keras.Model(inputs=inputs, outputs=outputs, name=name or default)
+    return {k: outputs[k] for k in model_output_names(variant, depth)}

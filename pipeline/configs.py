@@ -12,12 +12,12 @@ import dataclasses
 import os
 from typing import Dict, List, Optional, Tuple
 
+from preprocessing.conversion_settings import LOCAL_BEAM_RUNNER, ConversionSettings
 from preprocessing.slices import SliceConfig
 from trainer.augment_config import AugmentConfig
 
 PIPELINE_NAME = "unet3plus-liver"
 PROFILES = ("tiny", "demo", "paper")
-DEFAULT_BEAM_RUNNER = "--runner=FnApiRunner"
 
 
 @dataclasses.dataclass
@@ -28,26 +28,6 @@ class SyntheticDataConfig:
     seed: int = 0
     min_slices: int = 24
     max_slices: int = 56
-
-
-@dataclasses.dataclass
-class ExampleGenConfig:
-    slices: SliceConfig = dataclasses.field(default_factory=SliceConfig)
-    eval_fraction: float = 0.25
-    split_seed: int = 0
-    eval_cases: Optional[List[str]] = None   # explicit eval case ids (overrides eval_fraction)
-    max_bad_fraction: float = 0.1
-    manifest: Optional[str] = None    # CSV (image, label, case_id) instead of LiTS naming
-    compression_level: int = 1        # zlib level of the example shards (1: 4x faster than 6)
-
-    def to_settings(self) -> dict:
-        settings = {"slice": self.slices.to_dict(), "eval_fraction": self.eval_fraction,
-                    "split_seed": self.split_seed, "eval_cases": self.eval_cases,
-                    "max_bad_fraction": self.max_bad_fraction,
-                    "compression_level": self.compression_level}
-        if self.manifest:
-            settings["manifest"] = self.manifest
-        return settings
 
 
 @dataclasses.dataclass
@@ -108,7 +88,7 @@ class PipelineConfig:
     serving_dir: str = "outputs/serving_model"
     data_root: Optional[str] = None        # None: the built-in synthetic set under outputs/
     synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
-    example_gen: ExampleGenConfig = dataclasses.field(default_factory=ExampleGenConfig)
+    example_gen: ConversionSettings = dataclasses.field(default_factory=ConversionSettings)
     transform: TransformConfig = dataclasses.field(default_factory=TransformConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -116,7 +96,7 @@ class PipelineConfig:
     # Beam: the in-process FnApiRunner. Without --runner, Beam 2.74's DirectRunner first tries
     # Prism, which downloads a binary from GitHub at run time (and falls back when offline).
     beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [
-        DEFAULT_BEAM_RUNNER, "--direct_running_mode=in_memory", "--direct_num_workers=1"])
+        LOCAL_BEAM_RUNNER, "--direct_running_mode=in_memory", "--direct_num_workers=1"])
     enable_cache: bool = True
 
     @property
@@ -137,7 +117,7 @@ def profile_config(profile: str) -> PipelineConfig:
     if profile == "tiny":
         return PipelineConfig(
             synthetic=SyntheticDataConfig(num_cases=5, size=64, min_slices=12, max_slices=18),
-            example_gen=ExampleGenConfig(
+            example_gen=ConversionSettings(
                 slices=SliceConfig(size=(64, 64), keep_fraction=0.2), eval_fraction=0.4),
             # Small enough for CI, yet it must learn: the Evaluator's own bar of 0.8 blesses
             # it or the pipeline tests fail (measured eval liver Dice ~0.92 with seed 0).
@@ -150,7 +130,7 @@ def profile_config(profile: str) -> PipelineConfig:
     if profile == "demo":
         return PipelineConfig(
             synthetic=SyntheticDataConfig(num_cases=12, size=128),
-            example_gen=ExampleGenConfig(slices=SliceConfig(size=(64, 64))),
+            example_gen=ConversionSettings(slices=SliceConfig(size=(64, 64))),
             model=ModelConfig(filters=(8, 16, 32, 64, 128), skip_filters=8, loss="hybrid"),
             # Augmentation off: over 450 steps it cost 1.6x the training time and ~0.01 Dice
             # on this data; it pays off in long runs on real data (the paper profile).
@@ -161,7 +141,7 @@ def profile_config(profile: str) -> PipelineConfig:
     if profile == "paper":
         return PipelineConfig(
             synthetic=SyntheticDataConfig(num_cases=24, size=512, min_slices=40, max_slices=120),
-            example_gen=ExampleGenConfig(slices=SliceConfig(size=(320, 320))),
+            example_gen=ConversionSettings(slices=SliceConfig(size=(320, 320))),
             model=ModelConfig(),
             train=TrainConfig(train_steps=20000, eval_steps=200, batch_size=16,
                               steps_per_epoch=1000),
@@ -211,7 +191,7 @@ def make_config(profile: str = "demo", output_dir: str = "outputs",
         # Given args without a runner (e.g. only --direct_running_mode=multi_processing) keep
         # the local runner that downloads nothing.
         if not any(arg.startswith("--runner") for arg in beam_pipeline_args):
-            beam_pipeline_args = [DEFAULT_BEAM_RUNNER] + list(beam_pipeline_args)
+            beam_pipeline_args = [LOCAL_BEAM_RUNNER] + list(beam_pipeline_args)
         config.beam_pipeline_args = beam_pipeline_args
     config.enable_cache = enable_cache
     return config

@@ -9,7 +9,7 @@ import tensorflow_model_analysis as tfma
 
 from pipeline import tfma_dice
 from preprocessing import features as F
-from trainer.export import PROBABILITIES, SIGNATURE_TRANSFORMED
+from schema.contract import PROBABILITIES, SIGNATURE_TRANSFORMED
 
 SLICE_FEATURES = (F.VOLUME_ID, F.HAS_TUMOR, F.HAS_LIVER)
 

@@ -1,7 +1,8 @@
 """create_pipeline(): the TFX graph, the same for every runner.
 
 NiftiExampleGen -> StatisticsGen + ExampleValidator (against schema/schema.pbtxt, imported)
--> AnomaliesGate (stops the run on any anomaly) -> Transform -> Trainer -> Evaluator (vs. the latest blessed model) -> Pusher.
+-> AnomaliesGate (stops the run on any anomaly) -> Transform -> Trainer -> Evaluator (vs. the
+latest blessed model) -> Pusher. One small builder per stage; create_pipeline() wires them.
 """
 from __future__ import annotations
 
@@ -22,24 +23,12 @@ TRANSFORM_FN = "preprocessing.transform.preprocessing_fn"
 RUN_FN = "trainer.run.run_fn"
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
-                    beam_pipeline_args: Optional[list] = None) -> tfx_pipeline.Pipeline:
-    slices = config.example_gen.slices
-    image_shape = [slices.size[0], slices.size[1], slices.channels]
-    # Fails here, at compile time, rather than inside the Transform run.
-    classes = check_classes(config.transform.classes)
-
-    example_gen = NiftiExampleGen(input_base=config.input_base,
-                                  settings=config.example_gen.to_settings())
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_PATH)
-    statistics_gen, example_validator, anomalies_gate = validation_components(
-        example_gen.outputs["examples"], schema_gen.outputs["schema"])
-    transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn=TRANSFORM_FN,
-        custom_config={"image_shape": image_shape, "window": list(slices.window),
-                       "normalization": config.transform.normalization,
-                       "classes": classes},
+def _transform(config: PipelineConfig, examples, schema, image_shape, classes: str):
+    return tfx.components.Transform(
+        examples=examples, schema=schema, preprocessing_fn=TRANSFORM_FN,
+        custom_config={"image_shape": image_shape,
+                       "window": list(config.example_gen.slices.window),
+                       "normalization": config.transform.normalization, "classes": classes},
         # Transform's own pre/post statistics would summarize every pixel of every image
         # tensor (slow, and large in memory); StatisticsGen already describes the raw data,
         # where images are single bytes features (length stats only).
@@ -47,19 +36,25 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         # Materialized on purpose: Trainer and Evaluator read the transformed examples, so the
         # decode + normalize runs once per example instead of once per epoch.
         materialize=True)
-    # Bad data stops the run here: Transform waits for the validation gate.
-    transform.add_upstream_node(anomalies_gate)
-    trainer = tfx.components.Trainer(
+
+
+def _trainer(config: PipelineConfig, transform, schema, image_shape):
+    return tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
+        schema=schema,
         train_args=tfx.proto.TrainArgs(num_steps=config.train.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.train.eval_steps),
         custom_config={"model": dataclasses.asdict(config.model),
                        "train": dataclasses.asdict(config.train),
                        "image_shape": image_shape,
-                       "slice": slices.to_dict()})
+                       "slice": config.example_gen.slices.to_dict()})
+
+
+def _evaluate_and_push(config: PipelineConfig, transform, trainer, classes: str):
+    """The candidate against the last blessed model, and the Pusher that ships only a blessed
+    one."""
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -77,13 +72,29 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=config.serving_dir)))
+    return [model_resolver, evaluator, pusher]
 
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
+                    beam_pipeline_args: Optional[list] = None) -> tfx_pipeline.Pipeline:
+    slices = config.example_gen.slices
+    image_shape = [slices.size[0], slices.size[1], slices.channels]
+    # Fails here, at compile time, rather than inside the Transform run.
+    classes = check_classes(config.transform.classes)
+
+    example_gen = NiftiExampleGen(input_base=config.input_base, settings=config.example_gen)
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_PATH)
+    examples, schema = example_gen.outputs["examples"], schema_gen.outputs["schema"]
+    checks = validation_components(examples, schema)   # StatisticsGen, ExampleValidator, gate
+    transform = _transform(config, examples, schema, image_shape, classes)
+    # Bad data stops the run here: Transform waits for the validation gate.
+    transform.add_upstream_node(checks[-1])
+    trainer = _trainer(config, transform, schema, image_shape)
     return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[example_gen, schema_gen, statistics_gen, example_validator, anomalies_gate,
-                    transform,
-                    trainer, model_resolver, evaluator, pusher],
+        components=[example_gen, schema_gen, *checks, transform, trainer,
+                    *_evaluate_and_push(config, transform, trainer, classes)],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=(beam_pipeline_args if beam_pipeline_args is not None

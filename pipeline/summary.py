@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.nifti_example_gen import SUMMARY_FILE
+from schema.contract import CONVERSION_SUMMARY_FILE, TRAINING_REPORT_FILE
 
 _STATES = {metadata_store_pb2.Execution.COMPLETE: "ran",
            metadata_store_pb2.Execution.CACHED: "cached",
@@ -115,7 +115,7 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None
                                "component_seconds": seconds}
     # Raw and transformed examples share the type; the ExampleGen's carry the conversion summary.
     for examples in (a for a in artifacts if artifact_types[a.type_id] == "Examples"):
-        path = os.path.join(examples.uri, SUMMARY_FILE)
+        path = os.path.join(examples.uri, CONVERSION_SUMMARY_FILE)
         if os.path.exists(path):
             with open(path) as f:
                 conversion = json.load(f)
@@ -126,9 +126,8 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None
     if "Model" in latest:
         summary["model_uri"] = latest["Model"].uri
     if "ModelRun" in latest:
-        from trainer.run import TRAINING_REPORT
         summary["tensorboard_logdir"] = latest["ModelRun"].uri
-        path = os.path.join(latest["ModelRun"].uri, TRAINING_REPORT)
+        path = os.path.join(latest["ModelRun"].uri, TRAINING_REPORT_FILE)
         if os.path.exists(path):
             with open(path) as f:
                 summary["training"] = json.load(f)

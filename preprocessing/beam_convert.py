@@ -28,7 +28,6 @@ import collections
 import dataclasses
 import json
 import logging
-import os
 import random
 import struct
 import time
@@ -43,24 +42,21 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
+from preprocessing.conversion_settings import (DEFAULT_COMPRESS_THREADS,
+                                               DEFAULT_COMPRESSION_LEVEL, ConversionSettings)
 from preprocessing.examples import example_bytes, label_stats
 from preprocessing.nifti import (CaseError, CaseFiles, StoredCase, canonicalize_case,
                                  discover_lits_cases, discover_manifest_cases, read_case)
 from preprocessing.slices import SliceConfig, prepare_slices, stack_context_zhw
 from preprocessing.splits import EVAL, TRAIN, assign_splits
+from schema.contract import (CASES_FILE, CONSOLE_LOGGER, CONVERSION_SUMMARY_FILE,
+                             QUARANTINE_FILE, progress_interval)
 
 QUARANTINE_TAG = "quarantine"
 SUMMARY_TAG = "case_summary"
 COUNTER_NAMESPACE = "nifti_example_gen"
 
-QUARANTINE_FILE = "quarantine.jsonl"
-CASES_FILE = "cases.jsonl"
-SUMMARY_FILE = "conversion_summary.json"
 
-# zlib level of the output gzip. Level 1 is ~5x faster than TFX's level 6 on windowed CT slices
-# and its files ~3% larger (bench/examplegen_throughput.py measures both).
-DEFAULT_COMPRESSION_LEVEL = 1
-DEFAULT_COMPRESS_THREADS = 2
 # Serialized examples waiting for a compression thread, per split and worker (~100 examples of
 # 320x320x3): about the size of one volume as read, so memory stays about one volume per worker.
 PENDING_BYTES = 64 * 2**20
@@ -90,27 +86,16 @@ class ConversionPlan:
         return sum(s == split for _, s in self.cases)
 
 
-def resolve_manifest(settings: Dict[str, Any], input_base: Optional[str]) -> Optional[str]:
-    manifest = settings.get("manifest")
-    if not manifest:
-        return None
-    if os.path.isabs(manifest) or "://" in manifest or not input_base:
-        return manifest
-    return os.path.join(input_base, manifest)
-
-
-def plan_conversion(settings: Dict[str, Any], input_base: Optional[str]) -> ConversionPlan:
-    """Discovers the cases (a CSV manifest when settings has "manifest", else LiTS naming in
+def plan_conversion(settings: ConversionSettings, input_base: Optional[str]) -> ConversionPlan:
+    """Discovers the cases (the settings' CSV manifest when it has one, else LiTS naming in
     `input_base`) and assigns patient-level splits."""
-    manifest = resolve_manifest(settings, input_base)
+    manifest = settings.manifest_path(input_base)
     if manifest:
-        cases, errors = discover_manifest_cases(manifest, bool(settings.get("allow_unlabeled")))
+        cases, errors = discover_manifest_cases(manifest, settings.allow_unlabeled)
     else:
         cases, errors = discover_lits_cases(input_base)
-    split_of = assign_splits([c.case_id for c in cases],
-                             eval_fraction=float(settings.get("eval_fraction", 0.2)),
-                             seed=int(settings.get("split_seed", 0)),
-                             eval_cases=settings.get("eval_cases"))
+    split_of = assign_splits([c.case_id for c in cases], eval_fraction=settings.eval_fraction,
+                             seed=settings.split_seed, eval_cases=settings.eval_cases)
     return ConversionPlan([(c, split_of[c.case_id]) for c in cases], errors)
 
 
@@ -181,6 +166,31 @@ def _read_quietly(files: CaseFiles):
         return None, timings, e
 
 
+# Progress of the conversion goes to the console's logger: the first case, then at most one
+# line per interval, and the last.
+
+
+class _CaseProgress:
+    """ "Conversion: 7/12 cases done (1 quarantined), 14 s". Counts this worker's cases: with
+    one worker (the in-process runner's default) that is all of them."""
+
+    def __init__(self, total: Optional[int]):
+        self.total = total
+        self.done = self.bad = 0
+        self.start = self.last = time.time()
+        self.interval = progress_interval()
+
+    def case_done(self, quarantined: bool):
+        self.done += 1
+        self.bad += quarantined
+        now = time.time()
+        if self.done == 1 or self.done == self.total or now - self.last >= self.interval:
+            self.last = now
+            logging.getLogger(CONSOLE_LOGGER).info(
+                "Conversion: %d%s cases done (%d quarantined), %.0f s", self.done,
+                f"/{self.total}" if self.total else "", self.bad, now - self.start)
+
+
 class ConvertCaseFn(beam.DoFn):
     """(CaseFiles, split) -> serialized examples tagged with the split name, plus one summary (or
     one quarantine record) per case.
@@ -190,9 +200,11 @@ class ConvertCaseFn(beam.DoFn):
     one being read; outputs then lag one element behind (the last case is emitted when the bundle
     ends)."""
 
-    def __init__(self, slice_config: dict, prefetch: bool = True):
+    def __init__(self, slice_config: dict, prefetch: bool = True,
+                 total_cases: Optional[int] = None):
         self._config_dict = slice_config
         self._prefetch = prefetch
+        self._total_cases = total_cases
         self._config = None
 
     def setup(self):
@@ -203,6 +215,7 @@ class ConvertCaseFn(beam.DoFn):
         self._input_slices = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "input_slices")
         self._stages = _StageCounters()
         self._reader = ThreadPoolExecutor(1) if self._prefetch else None
+        self._progress = _CaseProgress(self._total_cases)
 
     def start_bundle(self):
         self._ahead = None
@@ -238,6 +251,7 @@ class ConvertCaseFn(beam.DoFn):
             self._bad.inc()
             logging.warning("Quarantined %s: %s", files.case_id, e)
             yield beam.pvalue.TaggedOutput(QUARANTINE_TAG, quarantine_record(e, files.case_id))
+            self._progress.case_done(quarantined=True)
             return
         del raw
         for data in examples:
@@ -247,6 +261,7 @@ class ConvertCaseFn(beam.DoFn):
         self._slices.inc(summary["slices_written"])
         self._input_slices.inc(summary["num_slices"])
         yield beam.pvalue.TaggedOutput(SUMMARY_TAG, json.dumps(summary))
+        self._progress.case_done(quarantined=False)
 
 
 def convert_cases(pipeline: beam.Pipeline, cases: List[Tuple[CaseFiles, str]],
@@ -260,7 +275,8 @@ def convert_cases(pipeline: beam.Pipeline, cases: List[Tuple[CaseFiles, str]],
         | "ListCases" >> beam.Create(cases)
         # Spread cases over workers: each worker then holds one volume at a time.
         | "SpreadCases" >> beam.Reshuffle()
-        | "ConvertCases" >> beam.ParDo(ConvertCaseFn(slice_config.to_dict(), prefetch))
+        | "ConvertCases" >> beam.ParDo(ConvertCaseFn(slice_config.to_dict(), prefetch,
+                                                    total_cases=len(cases)))
         .with_outputs(QUARANTINE_TAG, SUMMARY_TAG, *split_names))
     discovery_quarantine = (
         pipeline | "PairingErrors" >> beam.Create(
@@ -477,7 +493,7 @@ def _read_jsonl(path: str) -> List[dict]:
 
 def summarize_conversion(report_dir: str, input_cases: int,
                          splits: Sequence[str] = (TRAIN, EVAL)) -> Dict[str, Any]:
-    """Counts what the Beam run wrote, writes SUMMARY_FILE and logs it."""
+    """Counts what the Beam run wrote, writes CONVERSION_SUMMARY_FILE and logs it."""
     cases = _read_jsonl(FileSystems.join(report_dir, CASES_FILE))
     quarantined = _read_jsonl(FileSystems.join(report_dir, QUARANTINE_FILE))
     summary = {
@@ -492,7 +508,7 @@ def summarize_conversion(report_dir: str, input_cases: int,
         "unlabelled_cases": sorted(c["case_id"] for c in cases if not c.get("labelled", True)),
         "quarantined": quarantined,
     }
-    with FileSystems.create(FileSystems.join(report_dir, SUMMARY_FILE),
+    with FileSystems.create(FileSystems.join(report_dir, CONVERSION_SUMMARY_FILE),
                             compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(json.dumps(summary, indent=2).encode())
     logging.info("Conversion: %d input cases = %d converted + %d quarantined; examples %s",

@@ -25,20 +25,28 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-import apache_beam as beam
+import warnings
+
+# google-api-core warns, once per google package Beam imports, that Python 3.10 gets no more of
+# its updates: a notice about its future releases, not about this run (the pinned stack needs
+# 3.10). Filtered by its message before Beam is imported; any other FutureWarning still shows.
+warnings.filterwarnings("ignore", message="You are using a non-supported Python version",
+                        category=FutureWarning)
+import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocessing import beam_convert as bc
+from preprocessing.conversion_settings import LOCAL_BEAM_RUNNER, ConversionSettings
 from preprocessing.slices import SliceConfig
 from preprocessing.splits import EVAL, TRAIN
+from schema.contract import QUARANTINE_FILE, RECORDS_SLICE_CONFIG_FILE
 
 SPLITS = (TRAIN, EVAL)
 SHARD_PREFIX, SHARD_SUFFIX = "data", ".tfrecord.gz"
-SLICE_CONFIG_FILE = "slice_config.json"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    d = SliceConfig()
+    d, c = SliceConfig(), ConversionSettings()   # the defaults, written once there
     p = argparse.ArgumentParser(prog="python -m preprocessing.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -58,14 +66,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=d.seed, help="slice selection seed")
     p.add_argument("--target_spacing", type=float, default=None,
                    help="in-plane mm per pixel (default: resize the field of view to --size)")
-    p.add_argument("--eval_fraction", type=float, default=0.2)
-    p.add_argument("--split_seed", type=int, default=0)
+    p.add_argument("--eval_fraction", type=float, default=c.eval_fraction)
+    p.add_argument("--split_seed", type=int, default=c.split_seed)
     p.add_argument("--eval_cases", default=None,
                    help="comma-separated case ids for eval (overrides --eval_fraction)")
-    p.add_argument("--max_bad_fraction", type=float, default=0.1)
-    p.add_argument("--compression_level", type=int, default=bc.DEFAULT_COMPRESSION_LEVEL,
+    p.add_argument("--max_bad_fraction", type=float, default=c.max_bad_fraction)
+    p.add_argument("--compression_level", type=int, default=c.compression_level,
                    choices=range(10), metavar="0-9")
-    p.add_argument("--compress_threads", type=int, default=bc.DEFAULT_COMPRESS_THREADS)
+    p.add_argument("--compress_threads", type=int, default=c.compress_threads)
     p.add_argument("--no_prefetch", action="store_true",
                    help="do not read the next case while converting one (less memory)")
     p.add_argument("--overwrite", action="store_true",
@@ -79,30 +87,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def settings_from_args(args: argparse.Namespace) -> dict:
-    """The same settings dict NiftiExampleGen takes."""
+def settings_from_args(args: argparse.Namespace) -> ConversionSettings:
+    """The same settings NiftiExampleGen takes."""
     size = args.size * 2 if len(args.size) == 1 else args.size
     slice_config = SliceConfig(size=tuple(size), context=args.context, window=tuple(args.window),
                                selection=args.selection, margin=args.margin,
                                keep_fraction=args.keep_fraction, seed=args.seed,
                                target_spacing=args.target_spacing)
-    settings = {"slice": slice_config.to_dict(), "eval_fraction": args.eval_fraction,
-                "split_seed": args.split_seed, "max_bad_fraction": args.max_bad_fraction,
-                "allow_unlabeled": args.allow_unlabeled,
-                "compression_level": args.compression_level,
-                "compress_threads": args.compress_threads, "prefetch": not args.no_prefetch}
-    if args.eval_cases:
-        settings["eval_cases"] = [c.strip() for c in args.eval_cases.split(",") if c.strip()]
-    if args.manifest:
-        settings["manifest"] = os.path.abspath(args.manifest)
-    return settings
+    eval_cases = ([c.strip() for c in args.eval_cases.split(",") if c.strip()]
+                  if args.eval_cases else None)
+    return ConversionSettings(
+        slices=slice_config, eval_fraction=args.eval_fraction, split_seed=args.split_seed,
+        eval_cases=eval_cases, max_bad_fraction=args.max_bad_fraction,
+        manifest=os.path.abspath(args.manifest) if args.manifest else None,
+        allow_unlabeled=args.allow_unlabeled, compression_level=args.compression_level,
+        compress_threads=args.compress_threads, prefetch=not args.no_prefetch)
 
 
 def beam_options(beam_args: List[str]) -> PipelineOptions:
     args = list(beam_args)
-    # Without --runner, Beam 2.74 first tries Prism, which downloads a binary at run time.
     if not any(a.startswith("--runner") for a in args):
-        args.append("--runner=FnApiRunner")
+        args.append(LOCAL_BEAM_RUNNER)
     if not any(a.startswith("--direct_running_mode") for a in args):
         args.append("--direct_running_mode=in_memory")
     return PipelineOptions(args)
@@ -110,7 +115,7 @@ def beam_options(beam_args: List[str]) -> PipelineOptions:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    slice_config = SliceConfig.from_dict(settings["slice"])
+    slice_config = settings.slices
     output = os.path.abspath(args.output)
     split_dirs = {s: os.path.join(output, s) for s in SPLITS}
     old = [f for d in split_dirs.values() for f in glob.glob(os.path.join(d, "*"))]
@@ -135,22 +140,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         with beam.Pipeline(options=beam_options(args.beam_arg)) as pipeline:
             bc.add_conversion(pipeline, plan, slice_config, split_dirs, output, temp_dir,
-                              compression_level=args.compression_level,
-                              compress_threads=args.compress_threads,
+                              compression_level=settings.compression_level,
+                              compress_threads=settings.compress_threads,
                               prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX,
-                              seed=args.split_seed, prefetch=not args.no_prefetch)
+                              seed=settings.split_seed, prefetch=settings.prefetch)
     finally:
         bc.remove_temp_dir(temp_dir)
-    with open(os.path.join(output, SLICE_CONFIG_FILE), "w") as f:
+    with open(os.path.join(output, RECORDS_SLICE_CONFIG_FILE), "w") as f:
         json.dump(slice_config.to_dict(), f, indent=2)
     summary = bc.summarize_conversion(output, plan.input_cases, SPLITS)
     logging.info("Converted %d/%d cases, %d input slices -> examples %s in %.1f s",
                  summary["cases_converted"], summary["input_cases"], summary["input_slices"],
                  summary["examples_per_split"], time.time() - start)
     try:
-        bc.check_conversion(summary, args.max_bad_fraction)
+        bc.check_conversion(summary, settings.max_bad_fraction)
     except RuntimeError as e:
-        logging.error("%s (report: %s)", e, os.path.join(output, bc.QUARANTINE_FILE))
+        logging.error("%s (report: %s)", e, os.path.join(output, QUARANTINE_FILE))
         return 1
     return 0
 

@@ -147,8 +147,8 @@ def test_executor_with_a_manifest(tmp_path):
     from tfx.types import artifact_utils, standard_artifacts, standard_component_specs as sc
     from tfx.utils import proto_utils
 
-    from components.nifti_example_gen import (CASES_FILE, QUARANTINE_FILE, SUMMARY_FILE,
-                                              TEMP_DIR_NAME, Executor, NiftiExampleGen)
+    from components.nifti_example_gen import TEMP_DIR_NAME, Executor, NiftiExampleGen
+    from schema.contract import CASES_FILE, CONVERSION_SUMMARY_FILE, QUARANTINE_FILE
 
     data = tmp_path / "data"
     write_dataset(str(data), num_cases=4, in_plane=24, slices_range=(8, 9), progress=False)
@@ -175,7 +175,7 @@ def test_executor_with_a_manifest(tmp_path):
     assert examples.get_int_custom_property("cases_converted") == 3
     assert examples.get_int_custom_property("cases_quarantined") == 1
     assert artifact_utils.decode_split_names(examples.split_names) == ["train", "eval"]
-    summary = json.loads((tmp_path / "examples" / SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / "examples" / CONVERSION_SUMMARY_FILE).read_text())
     assert summary["cases_per_split"]["eval"] == ["volume-0"]
     assert "without a label" in summary["quarantined"][0]["reason"]
     for name in (CASES_FILE, QUARANTINE_FILE):

@@ -43,3 +43,22 @@ def test_loss_weights_reach_the_loss_by_name():
     model_cfg.update(loss_weights={"w_ms_ssim": 0.5})
     with pytest.raises(ValueError, match="do not fit loss 'bce_dice'"):
         build_and_compile(model_cfg, train_cfg, (32, 32, 3), False, 10)
+
+
+def test_conversion_settings_round_trip_and_one_default():
+    """The ExampleGen's settings survive the custom_config (a protobuf Struct, where numbers
+    come back as floats), and the runner and the converter CLI share one default each."""
+    from components.nifti_example_gen import make_custom_config, read_custom_config
+    from preprocessing import convert
+    from preprocessing.conversion_settings import ConversionSettings
+    settings = make_config("tiny").example_gen
+    settings.eval_cases = ["volume-1"]
+    packed = make_custom_config(settings)
+    from google.protobuf import json_format
+    props = {"custom_config": json_format.MessageToJson(packed)}
+    assert read_custom_config(props) == settings
+    cli = convert.settings_from_args(convert.parse_args(["--data_root", "/d", "--output", "/o"]))
+    assert cli.eval_fraction == ConversionSettings().eval_fraction == \
+        make_config("demo").example_gen.eval_fraction
+    with pytest.raises(ValueError, match="unknown conversion settings"):
+        ConversionSettings.from_dict({"eval_fractoin": 0.3})

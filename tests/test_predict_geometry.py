@@ -339,7 +339,7 @@ SAVED_CONFIG = RESAMPLED["spacing_fine"]
 def saved(tmp_path_factory):
     """A PIR, header-scaled case and a SavedModel laid out like the Trainer's export
     (saved_model.pb + assets.extra/slice_config.json) that segments it perfectly (3 classes)."""
-    from trainer.export import SLICE_CONFIG_FILE
+    from schema.contract import MODEL_SLICE_CONFIG_FILE as SLICE_CONFIG_FILE
     folder = tmp_path_factory.mktemp("saved")
     files = write_case(folder, "PIR", "half", name="volume-3")
     model_dir = str(folder / "model")

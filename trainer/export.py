@@ -20,14 +20,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from preprocessing import features as F
+from schema.contract import (MODEL_SLICE_CONFIG_FILE, PROBABILITIES, SIGNATURE_RAW,
+                             SIGNATURE_SLICES, SIGNATURE_TRANSFORMED)
 
-PROBABILITIES = "probabilities"
-SIGNATURE_RAW = "serving_default"
-SIGNATURE_TRANSFORMED = "serving_transformed"
-SIGNATURE_SLICES = "segment_slices"
-# How volumes were sliced for this model (SliceConfig fields), for predict.py. Kept in
-# assets.extra, which travels with the SavedModel but is not part of the graph.
-SLICE_CONFIG_FILE = os.path.join("assets.extra", "slice_config.json")
 
 
 class SegmentationServingModule(tf.Module):
@@ -74,6 +69,6 @@ def export_serving_model(model, tf_transform_output: tft.TFTransformOutput,
     os.makedirs(export_dir, exist_ok=True)
     tf.saved_model.save(module, export_dir, signatures=signatures)
     os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
-    with open(os.path.join(export_dir, SLICE_CONFIG_FILE), "w") as f:
+    with open(os.path.join(export_dir, MODEL_SLICE_CONFIG_FILE), "w") as f:
         json.dump(slice_config, f, indent=2)
     return export_dir

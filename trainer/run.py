@@ -19,15 +19,16 @@ from models.losses import get_loss
 from models.metrics import DiceCoefficient
 from models.unet3plus import build_unet3plus, model_output_names
 from preprocessing import features as F
+from schema.contract import TRAINING_REPORT_FILE
 from trainer.checkpoints import (BEST_WEIGHTS, BestWeights, check_resume_point,
                                  resume_directory, trainer_root)
 from trainer.device import resolve_device_settings, synchronize_batch_norm
 from trainer.export import export_serving_model
 from trainer.inputs import dali_cache_directory, first_batch, make_input_datasets
 from trainer.optim import make_learning_rate, make_optimizer
+from trainer.progress import TrainingProgress
 from trainer.tensorboard_images import SegmentationImages
 
-TRAINING_REPORT = "training_report.json"   # device choice and speed, in model_run_dir
 
 
 def num_classes_from_spec(transformed_feature_spec) -> int:
@@ -83,7 +84,7 @@ def _write_training_report(model_run_dir: str, device, epochs_run: int, seconds:
     report = {"device": device.to_dict(), "epochs_run": epochs_run, "seconds": seconds,
               "images_per_s": images_per_s, "val_dice": [float(v) for v in val_dice]}
     os.makedirs(model_run_dir, exist_ok=True)
-    with open(os.path.join(model_run_dir, TRAINING_REPORT), "w") as f:
+    with open(os.path.join(model_run_dir, TRAINING_REPORT_FILE), "w") as f:
         json.dump(report, f, indent=1)
 
 
@@ -138,6 +139,9 @@ def run_fn(fn_args) -> None:
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         SegmentationImages(fn_args.model_run_dir, *first_batch(eval_ds)),
         best,
+        # Step, images/s, ETA, loss and val Dice: a bar in a terminal, a line every 30 s in a pipe.
+        TrainingProgress(epochs, steps_per_epoch, batch, monitor,
+                         validation_steps=int(fn_args.eval_steps)),
     ]
     if int(train_cfg["early_stopping_patience"]) > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -147,7 +151,7 @@ def run_fn(fn_args) -> None:
     start = time.time()
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         validation_data=eval_ds, validation_steps=int(fn_args.eval_steps),
-                        callbacks=callbacks, verbose=2)
+                        callbacks=callbacks, verbose=0)   # TrainingProgress reports
     elapsed = time.time() - start
     val_dice = history.history.get(monitor, [float("nan")])
     epochs_run = len(history.epoch)

@@ -1,0 +1,61 @@
+"""What a person sees while the pipeline runs (pipeline/console.py, trainer/progress.py): the
+tiny pipeline run as a user runs it, with stdout and stderr piped (pytest's own warning filters
+must not hide what the real console would show, hence the subprocess)."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+COMPONENTS = ("NiftiExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator", "Pusher")
+
+
+@pytest.mark.pipeline
+def test_piped_run_shows_progress_and_logs_everything_to_a_file(tmp_path):
+    out_dir = tmp_path / "outputs"
+    env = dict(os.environ, UNET3P_PROGRESS_INTERVAL="2")
+    for name in ("PYTHONWARNINGS", "TF_CPP_MIN_LOG_LEVEL", "UNET3P_VERBOSE"):
+        env.pop(name, None)   # as a user's shell has them
+    proc = subprocess.run(
+        [sys.executable, "local_runner.py", "--profile", "tiny", "--output_dir", str(out_dir)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        timeout=900)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-4000:]
+    lines = console.splitlines()
+
+    for name in COMPONENTS:
+        assert any(re.search(rf"\b{name} started$", line) for line in lines), (name, console)
+        assert any(re.search(rf"\b{name} finished in \d+ s", line) for line in lines), \
+            (name, console)
+    ends = "\n".join(line for line in lines if " finished in " in line)
+    assert re.search(r"NiftiExampleGen finished .*train \d+ examples", ends), ends
+    assert re.search(r"Evaluator finished .*eval Dice 0\.\d+, blessed (yes|no)", ends), ends
+    progress = [line for line in lines if re.search(
+        r"step \d+/\d+, [\d.?]+ images/s, ETA \S+, loss [\d.]+, val Dice", line)]
+    assert progress, console
+    assert any("Conversion: 5/5 cases done" in line for line in lines), console
+    assert "Pipeline run" in proc.stdout   # the run summary, as before
+
+    assert not [line for line in lines if "FutureWarning" in line], console
+    assert not [line for line in lines if "Unable to register cu" in line], console
+
+    logs = glob.glob(str(out_dir / "logs" / "run-*.log"))
+    assert len(logs) == 1, logs
+    printed = proc.stdout.splitlines()
+    assert f"Full log: {logs[0]}" in printed[0], printed[0]
+    assert f"Full log: {logs[0]}" in printed[-1], printed[-1]
+    with open(logs[0]) as f:
+        log = f.read()
+    assert len(log) > len(console), (len(log), len(console))
+    # The full detail: TFX's own lines, Beam's, and the console's lines too.
+    assert "Component Trainer is finished." in log
+    assert "Component Pusher is finished." in log
+    assert "Trainer finished in" in log
+    assert len(lines) < 100, len(lines)
