@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("--data_root", required=True)
     p.add_argument("--serving_dir", required=True)
     p.add_argument("--train_steps", type=int)
-    p.add_argument("--classes", choices=("liver", "liver_tumor"),
+    p.add_argument("--classes", choices=configs.CHOICES["classes"],
                    help="targets: liver (default) or liver_tumor (background / liver / tumour)")
     p.add_argument("--output", default="unet3plus_pipeline.json")
     p.add_argument("--beam_arg", action="append", default=None, metavar="ARG")

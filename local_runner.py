@@ -40,19 +40,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--num_cases", type=int, default=None,
                    help="number of synthetic volumes (ignored with --data_root)")
-    p.add_argument("--precision", choices=("auto", "fp32", "mixed_bfloat16", "mixed_float16"))
-    p.add_argument("--xla", choices=("auto", "on", "off"))
-    p.add_argument("--normalization", choices=("window", "zscore"),
+    choices = configs.CHOICES
+    p.add_argument("--precision", choices=choices["precision"],
+                   help="auto: measured on this machine (see the README's Training details)")
+    p.add_argument("--xla", choices=choices["xla"])
+    p.add_argument("--normalization", choices=choices["normalization"],
                    help="Transform's intensity normalization (default: window -> [0, 1])")
-    p.add_argument("--classes", choices=("liver", "liver_tumor"), default=env("UNET3P_CLASSES"),
+    p.add_argument("--classes", choices=choices["classes"], default=env("UNET3P_CLASSES"),
                    help="targets: liver (one sigmoid channel, liver incl. tumour; default) or "
                         "liver_tumor (softmax over background / liver / tumour)")
-    p.add_argument("--input", choices=("auto", "dali", "tfdata"), default=env("UNET3P_INPUT"),
+    p.add_argument("--input", choices=choices["input"], default=env("UNET3P_INPUT"),
                    help="Trainer input pipeline (default auto: DALI when its TensorFlow plugin "
                         "imports, else tf.data)")
     p.add_argument("--no_augment", action="store_true",
                    help="train without augmentation (default: rotation, scaling, elastic, "
-                        "brightness/contrast, noise; see AugmentConfig in pipeline/configs.py)")
+                        "brightness/contrast, noise; see AugmentConfig in trainer/augment_config.py)")
     p.add_argument("--dice_lower_bound", type=float, default=None,
                    help="eval liver Dice a model needs to be blessed (default: the profile's)")
     p.add_argument("--dice_change_tolerance", type=float, default=None,
@@ -67,10 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a Beam pipeline argument (repeatable), e.g. "
                         "--beam_arg=--direct_running_mode=multi_processing")
     args = p.parse_args(argv)
-    if args.classes not in (None, "liver", "liver_tumor"):   # argparse skips env defaults
-        p.error(f"UNET3P_CLASSES must be liver or liver_tumor, got {args.classes!r}")
-    if args.input not in (None, "auto", "dali", "tfdata"):
-        p.error(f"UNET3P_INPUT must be auto, dali or tfdata, got {args.input!r}")
+    for name in ("classes", "input"):   # argparse does not check defaults from the environment
+        value = getattr(args, name)
+        if value is not None and value not in choices[name]:
+            p.error(f"UNET3P_{name.upper()} must be one of {choices[name]}, got {value!r}")
     if args.train_steps is not None:
         args.train_steps = int(args.train_steps)
     return args

@@ -1,13 +1,5 @@
-"""UNet 3+ model, encoders, losses and metrics (Keras 3, backend-neutral)."""
-from models.encoders import ENCODERS, build_encoder
-from models.losses import HybridLoss, get_loss
-from models.metrics import (DiceCoefficient, IoUScore, MeanSliceDice, MeanSliceIoU, dice_numpy,
-                            iou_numpy, mean_slice_dice_numpy, mean_slice_iou_numpy,
-                            overlap_metrics)
-from models.unet3plus import VARIANTS, build_unet3plus, model_output_names
+"""UNet 3+ model (unet3plus.py), encoders, blocks, losses and metrics (Keras 3,
+backend-neutral), and the model's settings (model_config.py).
 
-__all__ = [
-    "VARIANTS", "ENCODERS", "build_unet3plus", "build_encoder", "model_output_names",
-    "HybridLoss", "get_loss", "DiceCoefficient", "IoUScore", "MeanSliceDice", "MeanSliceIoU",
-    "overlap_metrics", "dice_numpy", "iou_numpy", "mean_slice_dice_numpy", "mean_slice_iou_numpy",
-]
+Nothing is imported here: `models.model_config` must stay importable without Keras, so that the
+runners and pipeline/configs.py load fast and before TensorFlow prints anything."""

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 from preprocessing.conversion_settings import LOCAL_BEAM_RUNNER, ConversionSettings
 from preprocessing.slices import SliceConfig
+from models.model_config import ModelConfig
+from preprocessing.transform_config import CLASSES, NORMALIZATIONS, TransformConfig
 from trainer.augment_config import AugmentConfig
+from trainer.train_config import INPUTS, PRECISIONS, XLA_MODES, TrainConfig
 
 PIPELINE_NAME = "unet3plus-liver"
 PROFILES = ("tiny", "demo", "paper")
+# The values a setting with a fixed set of choices takes, from the modules that check them: the
+# runners' flags offer exactly these.
+CHOICES = {"precision": PRECISIONS, "xla": XLA_MODES, "normalization": NORMALIZATIONS,
+           "classes": CLASSES, "input": INPUTS}
 
 
 @dataclasses.dataclass
@@ -28,50 +35,6 @@ class SyntheticDataConfig:
     seed: int = 0
     min_slices: int = 24
     max_slices: int = 56
-
-
-@dataclasses.dataclass
-class TransformConfig:
-    normalization: str = "window"   # window: HU window -> [0, 1]; zscore: foreground z-score
-    # liver: one channel, liver including tumour (the paper's liver task);
-    # liver_tumor: three one-hot channels background / liver / tumour (softmax model).
-    classes: str = "liver"
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    variant: str = "base"                                # base | ds | ds_cgm
-    encoder: str = "unet3plus"          # unet3plus (the paper's) | vgg16 | vgg19 | resnet50
-    filters: Tuple[int, ...] = (64, 128, 256, 512, 1024)
-    skip_filters: int = 64
-    loss: str = "hybrid"                                 # hybrid | dice | bce | bce_dice | ...
-    # The loss's own weights by name, e.g. {"w_focal": 1, "w_ms_ssim": 0.5, "w_iou": 1} for
-    # hybrid or {"w_bce": 1, "w_dice": 2} for bce_dice (models/losses.py); {}: all 1.
-    loss_weights: Dict[str, float] = dataclasses.field(default_factory=dict)
-    deep_supervision_weight: float = 1.0   # weight of each side output's loss (ds variants)
-    cgm_weight: float = 1.0                # weight of the organ classifier's BCE (ds_cgm)
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    train_steps: int = 2000
-    eval_steps: int = 50
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"         # adam | adamw | sgd
-    lr_schedule: str = "cosine"     # cosine | poly | constant (cosine and poly warm up first)
-    warmup_steps: int = 50
-    weight_decay: float = 1e-4      # adamw only
-    early_stopping_patience: int = 0   # epochs without a better validation Dice; 0 = off
-    precision: str = "auto"     # auto | fp32 | mixed_bfloat16 | mixed_float16
-    xla: str = "auto"           # auto | on | off
-    gpus: str = "all"           # all | N (the first N) | "0,2" (those ids)
-    cpu_replicas: int = 1       # >1 on a CPU-only machine: that many logical CPU replicas
-    shuffle_buffer: int = 256   # examples; TFX's default of 10,000 images would need GBs
-    steps_per_epoch: int = 100  # how often validation and TensorBoard run
-    input: str = "auto"         # auto (dali when its TF plugin imports, else tfdata) | dali | tfdata
-    seed: int = 0               # weights, shuffling and augmentation: a rerun trains the same
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
 
 @dataclasses.dataclass

@@ -6,7 +6,6 @@ latest blessed model) -> Pusher. One small builder per stage; create_pipeline() 
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 from tfx import v1 as tfx
@@ -46,8 +45,8 @@ def _trainer(config: PipelineConfig, transform, schema, image_shape):
         schema=schema,
         train_args=tfx.proto.TrainArgs(num_steps=config.train.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.train.eval_steps),
-        custom_config={"model": dataclasses.asdict(config.model),
-                       "train": dataclasses.asdict(config.train),
+        custom_config={"model": config.model.to_dict(),
+                       "train": config.train.to_dict(),
                        "image_shape": image_shape,
                        "slice": config.example_gen.slices.to_dict()})
 

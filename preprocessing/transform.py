@@ -20,8 +20,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from preprocessing import features as F
+from preprocessing.transform_config import NORMALIZATIONS, TransformConfig
 
-NORMALIZATIONS = ("window", "zscore")
 
 
 def decode_image(raw: tf.Tensor, image_shape) -> tf.Tensor:
@@ -81,10 +81,10 @@ def make_mask(labels: tf.Tensor, classes: str) -> tf.Tensor:
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]
                      ) -> Dict[str, tf.Tensor]:
     image_shape = custom_config["image_shape"]
-    method = custom_config.get("normalization", "window")
+    method = custom_config.get("normalization", TransformConfig.normalization)
     if method not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
-    classes = F.check_classes(custom_config.get("classes", "liver"))
+    classes = F.check_classes(custom_config.get("classes", TransformConfig.classes))
     hu = decode_image(inputs[F.IMAGE], image_shape)
     labels = decode_label(inputs[F.LABEL], image_shape)
     if method == "zscore":

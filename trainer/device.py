@@ -21,9 +21,8 @@ import keras
 import tensorflow as tf
 
 from trainer import precision as P
+from trainer.train_config import PRECISIONS, XLA_MODES
 
-PRECISIONS = ("auto", "fp32", "mixed_bfloat16", "mixed_float16")
-XLA_MODES = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)

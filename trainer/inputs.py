@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -39,9 +39,9 @@ from preprocessing import features as F
 from trainer import dali_input
 from trainer.augment import augment_batch
 from trainer.augment_config import AugmentConfig, augment_config
+from trainer.train_config import INPUTS, TrainConfig
 from trainer.checkpoints import trainer_root
 
-INPUTS = ("auto", "dali", "tfdata")
 TEMP_CACHE_DIR = os.path.join(tempfile.gettempdir(), "unet3plus_dali_cache")
 
 
@@ -205,15 +205,19 @@ def describe_augmentation(cfg: Optional[AugmentConfig]) -> str:
 
 def make_input_datasets(train_files: Sequence[str], eval_files: Sequence[str],
                         transformed_feature_spec: Dict, output_names: Sequence[str],
-                        train_cfg: dict, strategy: Optional[tf.distribute.Strategy] = None,
+                        train_cfg: Union[TrainConfig, dict],
+                        strategy: Optional[tf.distribute.Strategy] = None,
                         cache_dir: Optional[str] = None, seed: int = 0,
                         dali_device: Optional[str] = None):
-    """(train_ds, eval_ds, description); see the module docstring. dali_device: "cpu" | "gpu"
-    for DALI's operators (default: gpu when TensorFlow sees one)."""
-    kind, why = resolve_input(train_cfg.get("input", "auto"))
-    augment = augment_config(train_cfg.get("augment"))
-    batch = int(train_cfg["batch_size"])
-    buffer = int(train_cfg.get("shuffle_buffer", 256))
+    """(train_ds, eval_ds, description); see the module docstring. `train_cfg`: TrainConfig or
+    its dict (missing keys take TrainConfig's defaults). dali_device: "cpu" | "gpu" for DALI's
+    operators (default: gpu when TensorFlow sees one)."""
+    if not isinstance(train_cfg, TrainConfig):
+        train_cfg = TrainConfig.from_dict(train_cfg)
+    kind, why = resolve_input(train_cfg.input)
+    augment = train_cfg.augment
+    batch = train_cfg.batch_size
+    buffer = train_cfg.shuffle_buffer
     aug_text = describe_augmentation(augment)
     if kind == "tfdata":
         train_ds = make_dataset(train_files, transformed_feature_spec, output_names, batch,

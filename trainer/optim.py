@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import keras
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "poly", "constant")
+from trainer.train_config import LR_SCHEDULES, OPTIMIZERS
+
 
 
 def make_learning_rate(schedule: str, learning_rate: float, total_steps: int,
@@ -12,8 +12,8 @@ def make_learning_rate(schedule: str, learning_rate: float, total_steps: int,
     """cosine: linear warm-up to `learning_rate`, then cosine decay to 0 at `total_steps`.
     poly: polynomial decay (power 0.9, the usual choice for segmentation) after the same
     warm-up. constant: `learning_rate` throughout."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"lr schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if schedule == "constant":
         return learning_rate
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))

@@ -11,11 +11,13 @@ import logging
 import math
 import os
 import time
+from typing import Tuple, Union
 
 import keras
 import tensorflow_transform as tft
 
 from models.losses import get_loss
+from models.model_config import ModelConfig
 from models.metrics import DiceCoefficient
 from models.unet3plus import build_unet3plus, model_output_names
 from preprocessing import features as F
@@ -28,6 +30,7 @@ from trainer.inputs import dali_cache_directory, first_batch, make_input_dataset
 from trainer.optim import make_learning_rate, make_optimizer
 from trainer.progress import TrainingProgress
 from trainer.tensorboard_images import SegmentationImages
+from trainer.train_config import TrainConfig
 
 
 
@@ -48,29 +51,33 @@ def mask_metrics(num_classes: int) -> list:
     return metrics
 
 
-def build_and_compile(model_cfg: dict, train_cfg: dict, image_shape, jit_compile: bool,
-                      total_steps: int, num_classes: int = 1):
+def build_and_compile(model_cfg: Union[ModelConfig, dict], train_cfg: Union[TrainConfig, dict],
+                      image_shape, jit_compile: bool, total_steps: int, num_classes: int = 1):
+    """UNet 3+ compiled with its losses, optimizer and metrics. The configs may be given as
+    dicts (their to_dict() form; missing keys take the dataclass defaults)."""
+    model_cfg = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict(
+        model_cfg)
+    train_cfg = train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig.from_dict(
+        train_cfg)
     model = build_unet3plus(input_shape=tuple(image_shape), num_classes=num_classes,
-                            filters=tuple(model_cfg["filters"]),
-                            skip_filters=int(model_cfg["skip_filters"]),
-                            variant=model_cfg["variant"], encoder=model_cfg["encoder"])
-    loss_kwargs = {k: float(v) for k, v in model_cfg["loss_weights"].items()}
+                            filters=model_cfg.filters, skip_filters=model_cfg.skip_filters,
+                            variant=model_cfg.variant, encoder=model_cfg.encoder)
+    loss_kwargs = {k: float(v) for k, v in model_cfg.loss_weights.items()}
     try:   # a weight the chosen loss doesn't have is an error, not silently ignored
-        get_loss(model_cfg["loss"], **loss_kwargs)
+        get_loss(model_cfg.loss, **loss_kwargs)
     except TypeError as e:
-        raise ValueError(f"loss_weights {loss_kwargs} do not fit loss {model_cfg['loss']!r} "
+        raise ValueError(f"loss_weights {loss_kwargs} do not fit loss {model_cfg.loss!r} "
                          f"({e})") from None
     losses, weights = {}, {}
-    for name in model_output_names(model_cfg["variant"]):
+    for name in model_output_names(model_cfg.variant):
         if name == "organ":
-            losses[name], weights[name] = get_loss("bce"), float(model_cfg["cgm_weight"])
+            losses[name], weights[name] = get_loss("bce"), model_cfg.cgm_weight
         else:
-            losses[name] = get_loss(model_cfg["loss"], **loss_kwargs)
-            weights[name] = 1.0 if name == "mask" else float(model_cfg["deep_supervision_weight"])
-    learning_rate = make_learning_rate(train_cfg["lr_schedule"], float(train_cfg["learning_rate"]),
-                                       total_steps, int(train_cfg["warmup_steps"]))
-    optimizer = make_optimizer(train_cfg["optimizer"], learning_rate,
-                               float(train_cfg["weight_decay"]))
+            losses[name] = get_loss(model_cfg.loss, **loss_kwargs)
+            weights[name] = 1.0 if name == "mask" else model_cfg.deep_supervision_weight
+    learning_rate = make_learning_rate(train_cfg.lr_schedule, train_cfg.learning_rate,
+                                       total_steps, train_cfg.warmup_steps)
+    optimizer = make_optimizer(train_cfg.optimizer, learning_rate, train_cfg.weight_decay)
     model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
                   metrics={"mask": mask_metrics(num_classes)},
                   jit_compile=jit_compile)
@@ -88,45 +95,8 @@ def _write_training_report(model_run_dir: str, device, epochs_run: int, seconds:
         json.dump(report, f, indent=1)
 
 
-def run_fn(fn_args) -> None:
-    cfg = fn_args.custom_config
-    model_cfg, train_cfg, image_shape = cfg["model"], cfg["train"], cfg["image_shape"]
-    device = resolve_device_settings(train_cfg["precision"], train_cfg["xla"],
-                                     train_cfg["gpus"], int(train_cfg["cpu_replicas"]),
-                                     filters=model_cfg["filters"],
-                                     skip_filters=int(model_cfg["skip_filters"]),
-                                     probe_cache_dir=trainer_root(fn_args.model_run_dir))
-    device.apply()
-    seed = int(train_cfg["seed"])
-    keras.utils.set_random_seed(seed)   # initial weights (Python, NumPy and TF seeds)
-    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    spec = tf_transform_output.transformed_feature_spec()
-    num_classes = num_classes_from_spec(spec)
-
-    total_steps = int(fn_args.train_steps)
-    steps_per_epoch = min(int(train_cfg["steps_per_epoch"]), total_steps)
-    epochs = max(1, math.ceil(total_steps / steps_per_epoch))
-    strategy = device.strategy()   # one instance: the DALI datasets are distributed by it
-    with strategy.scope():
-        model = build_and_compile(model_cfg, train_cfg, image_shape, device.jit_compile,
-                                  epochs * steps_per_epoch, num_classes)
-        if device.replicas > 1:
-            synchronize_batch_norm(model)
-    logging.info("UNet 3+ %s: %s parameters, %d output channel(s), filters %s, skip %s, "
-                 "loss %s, %s with %s lr, policy %s, XLA %s", model_cfg["variant"],
-                 f"{model.count_params():,}", num_classes,
-                 model_cfg["filters"], model_cfg["skip_filters"], model_cfg["loss"],
-                 train_cfg["optimizer"], train_cfg["lr_schedule"], device.policy,
-                 device.jit_compile)
-
-    batch = int(train_cfg["batch_size"])
-    outputs = model_output_names(model_cfg["variant"])
-    train_ds, eval_ds, _ = make_input_datasets(
-        fn_args.train_files, fn_args.eval_files, spec, outputs, train_cfg, strategy=strategy,
-        cache_dir=dali_cache_directory(fn_args.model_run_dir), seed=seed)
-
-    # Keras names a metric after its output only when the model has several outputs.
-    monitor = "val_dice" if len(outputs) == 1 else "val_mask_dice"
+def _callbacks(fn_args, eval_ds, monitor: str, epochs: int, steps_per_epoch: int,
+               train_cfg: TrainConfig) -> Tuple[list, BestWeights]:
     resume_dir = resume_directory(fn_args)
     check_resume_point(resume_dir, epochs)
     # The exported model is the one with the best validation Dice, not the last one; the best
@@ -140,31 +110,76 @@ def run_fn(fn_args) -> None:
         SegmentationImages(fn_args.model_run_dir, *first_batch(eval_ds)),
         best,
         # Step, images/s, ETA, loss and val Dice: a bar in a terminal, a line every 30 s in a pipe.
-        TrainingProgress(epochs, steps_per_epoch, batch, monitor,
+        TrainingProgress(epochs, steps_per_epoch, train_cfg.batch_size, monitor,
                          validation_steps=int(fn_args.eval_steps)),
     ]
-    if int(train_cfg["early_stopping_patience"]) > 0:
+    if train_cfg.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=monitor, mode="max", patience=int(train_cfg["early_stopping_patience"])))
-    logging.info("Training %d steps (%d epochs x %d), batch %d, validating on %d batches",
-                 epochs * steps_per_epoch, epochs, steps_per_epoch, batch, fn_args.eval_steps)
-    start = time.time()
-    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=eval_ds, validation_steps=int(fn_args.eval_steps),
-                        callbacks=callbacks, verbose=0)   # TrainingProgress reports
-    elapsed = time.time() - start
+            monitor=monitor, mode="max", patience=train_cfg.early_stopping_patience))
+    return callbacks, best
+
+
+def _report_training(fn_args, history, monitor: str, device, seconds: float, epochs: int,
+                     images_per_epoch: int) -> None:
     val_dice = history.history.get(monitor, [float("nan")])
     epochs_run = len(history.epoch)
-    images_per_s = epochs_run * steps_per_epoch * batch / max(elapsed, 1e-9)
+    images_per_s = epochs_run * images_per_epoch / max(seconds, 1e-9)
     logging.info("Ran %d of %d epochs in %.0f s (%.1f images/s incl. validation); validation "
-                 "Dice per epoch: %s", epochs_run, epochs, elapsed, images_per_s,
+                 "Dice per epoch: %s", epochs_run, epochs, seconds, images_per_s,
                  [round(v, 4) for v in val_dice])
-    _write_training_report(fn_args.model_run_dir, device, epochs_run, elapsed, images_per_s,
+    _write_training_report(fn_args.model_run_dir, device, epochs_run, seconds, images_per_s,
                            val_dice)
     tumor_monitor = monitor.replace("dice", "tumor_dice")
     if tumor_monitor in history.history:
         logging.info("Validation tumour Dice per epoch: %s",
                      [round(v, 4) for v in history.history[tumor_monitor]])
+
+
+def run_fn(fn_args) -> None:
+    cfg = fn_args.custom_config
+    model_cfg = ModelConfig.from_dict(cfg["model"])
+    train_cfg = TrainConfig.from_dict(cfg["train"])
+    device = resolve_device_settings(train_cfg.precision, train_cfg.xla, train_cfg.gpus,
+                                     train_cfg.cpu_replicas, filters=model_cfg.filters,
+                                     skip_filters=model_cfg.skip_filters,
+                                     probe_cache_dir=trainer_root(fn_args.model_run_dir))
+    device.apply()
+    keras.utils.set_random_seed(train_cfg.seed)   # initial weights (Python, NumPy and TF)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    spec = tf_transform_output.transformed_feature_spec()
+    num_classes = num_classes_from_spec(spec)
+
+    total_steps = int(fn_args.train_steps)
+    steps_per_epoch = min(train_cfg.steps_per_epoch, total_steps)
+    epochs = max(1, math.ceil(total_steps / steps_per_epoch))
+    strategy = device.strategy()   # one instance: the DALI datasets are distributed by it
+    with strategy.scope():
+        model = build_and_compile(model_cfg, train_cfg, cfg["image_shape"], device.jit_compile,
+                                  epochs * steps_per_epoch, num_classes)
+        if device.replicas > 1:
+            synchronize_batch_norm(model)
+    logging.info("UNet 3+ %s: %s parameters, %d output channel(s), filters %s, skip %s, "
+                 "loss %s, %s with %s lr, policy %s, XLA %s", model_cfg.variant,
+                 f"{model.count_params():,}", num_classes, model_cfg.filters,
+                 model_cfg.skip_filters, model_cfg.loss, train_cfg.optimizer,
+                 train_cfg.lr_schedule, device.policy, device.jit_compile)
+
+    outputs = model_output_names(model_cfg.variant)
+    train_ds, eval_ds, _ = make_input_datasets(
+        fn_args.train_files, fn_args.eval_files, spec, outputs, train_cfg, strategy=strategy,
+        cache_dir=dali_cache_directory(fn_args.model_run_dir), seed=train_cfg.seed)
+    # Keras names a metric after its output only when the model has several outputs.
+    monitor = "val_dice" if len(outputs) == 1 else "val_mask_dice"
+    callbacks, best = _callbacks(fn_args, eval_ds, monitor, epochs, steps_per_epoch, train_cfg)
+    logging.info("Training %d steps (%d epochs x %d), batch %d, validating on %d batches",
+                 epochs * steps_per_epoch, epochs, steps_per_epoch, train_cfg.batch_size,
+                 fn_args.eval_steps)
+    start = time.time()
+    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=eval_ds, validation_steps=int(fn_args.eval_steps),
+                        callbacks=callbacks, verbose=0)   # TrainingProgress reports
+    _report_training(fn_args, history, monitor, device, time.time() - start, epochs,
+                     steps_per_epoch * train_cfg.batch_size)
     if best.restore_best(keep_copy_at=os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)):
         logging.info("Exporting the best epoch, %d (validation Dice %.4f)",
                      best.best_epoch + 1, best.best)

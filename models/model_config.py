@@ -1,0 +1,35 @@
+"""The model's settings: a plain dataclass (no Keras), composed by pipeline/configs.py and read
+back by the Trainer from its custom_config."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Tuple
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    variant: str = "base"                                # base | ds | ds_cgm
+    encoder: str = "unet3plus"          # unet3plus (the paper's) | vgg16 | vgg19 | resnet50
+    filters: Tuple[int, ...] = (64, 128, 256, 512, 1024)
+    skip_filters: int = 64
+    loss: str = "hybrid"                                 # hybrid | dice | bce | bce_dice | ...
+    # The loss's own weights by name, e.g. {"w_focal": 1, "w_ms_ssim": 0.5, "w_iou": 1} for
+    # hybrid or {"w_bce": 1, "w_dice": 2} for bce_dice (models/losses.py); {}: all 1.
+    loss_weights: Dict[str, float] = dataclasses.field(default_factory=dict)
+    deep_supervision_weight: float = 1.0   # weight of each side output's loss (ds variants)
+    cgm_weight: float = 1.0                # weight of the organ classifier's BCE (ds_cgm)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able: the component's custom_config."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
+        """Inverse of to_dict (tuples come back from JSON as lists); a missing key takes its
+        default, an unknown one is an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**values)
