@@ -104,7 +104,7 @@ def load_model(model_dir: str) -> Tuple[ServeFn, SliceConfig]:
 
 def load_input(input_path: str, label_path: Optional[str] = None) -> CanonicalCase:
     """The volume (and ground truth) read, checked and reoriented exactly as the ExampleGen does
-    (preprocessing/beam_convert.py case_examples): stored values kept, HU scaling applied per
+    (preprocessing/case_conversion.py case_examples): stored values kept, HU scaling applied per
     slice after resampling, so the model gets the training pixels bit for bit. CaseError (file,
     reason) on any bad input."""
     case_id = os.path.basename(input_path).split(".nii")[0]

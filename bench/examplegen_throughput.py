@@ -34,7 +34,13 @@ import numpy as np  # noqa: E402
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from preprocessing import beam_convert as bc  # noqa: E402
+from preprocessing import conversion_stages  # noqa: E402
+from preprocessing.beam_convert import add_conversion  # noqa: E402
+from preprocessing.case_conversion import case_examples  # noqa: E402
+from preprocessing.conversion_plan import ConversionPlan  # noqa: E402
+from preprocessing.conversion_settings import (DEFAULT_COMPRESS_THREADS,  # noqa: E402
+                                               DEFAULT_COMPRESSION_LEVEL)
+from preprocessing.shard_writer import compress_record, remove_temp_dir  # noqa: E402
 from preprocessing.nifti import _inflate_all, discover_lits_cases  # noqa: E402
 from preprocessing.slices import SliceConfig  # noqa: E402
 from preprocessing.splits import assign_splits  # noqa: E402
@@ -101,7 +107,7 @@ def read_floor(cases) -> dict:
 
 def run_conversion(cases, config, out_dir, args) -> dict:
     split_of = assign_splits([c.case_id for c in cases], 0.2)
-    plan = bc.ConversionPlan([(c, split_of[c.case_id]) for c in cases], [])
+    plan = ConversionPlan([(c, split_of[c.case_id]) for c in cases], [])
     beam_args = ["--runner=FnApiRunner", f"--direct_running_mode={args.beam_mode}"]
     if args.beam_mode == "multi_processing":
         beam_args.append(f"--direct_num_workers={args.workers}")
@@ -111,19 +117,19 @@ def run_conversion(cases, config, out_dir, args) -> dict:
         cpu0 = os.times()
         start = time.perf_counter()
         p = beam.Pipeline(options=PipelineOptions(beam_args))
-        bc.add_conversion(p, plan, config, dirs, out_dir, temp,
-                          compression_level=args.compression_level,
-                          compress_threads=args.compress_threads,
-                          prefetch=not args.no_prefetch)
+        add_conversion(p, plan, config, dirs, out_dir, temp,
+                       compression_level=args.compression_level,
+                       compress_threads=args.compress_threads,
+                       prefetch=not args.no_prefetch)
         result = p.run()
         result.wait_until_finish()
         wall = time.perf_counter() - start
         cpu1 = os.times()
     cpu = sum(cpu1[i] - cpu0[i] for i in range(4))   # user + system, this process + children
-    bc.remove_temp_dir(temp)
+    remove_temp_dir(temp)
     counters = {}   # summed over steps (one spill step per split)
     for c in result.metrics().query(
-            MetricsFilter().with_namespace(bc.COUNTER_NAMESPACE))["counters"]:
+            MetricsFilter().with_namespace(conversion_stages.COUNTER_NAMESPACE))["counters"]:
         counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
     files = glob.glob(os.path.join(out_dir, "*", "data_tfrecord-*.gz"))
     return {"wall_s": wall, "cpu_s": cpu, "counters": counters, "peak_rss": memory.peak,
@@ -136,10 +142,10 @@ def serial_breakdown(cases, config, level: int) -> dict:
     and the slices and examples done. With nothing running concurrently, wall = CPU here."""
     timings, n_in, n_out = {}, 0, 0
     for c in cases:
-        examples, summary = bc.case_examples(c, config, "train", timings)
+        examples, summary = case_examples(c, config, "train", timings)
         for data in examples:
             t = time.perf_counter()
-            bc.compress_record(data, level)
+            compress_record(data, level)
             timings["compress"] = timings.get("compress", 0.0) + time.perf_counter() - t
         n_in, n_out = n_in + summary["num_slices"], n_out + summary["slices_written"]
     return {"timings": timings, "slices": n_in, "examples": n_out}
@@ -171,8 +177,8 @@ def main(argv=None) -> int:
                    default="in_memory")
     p.add_argument("--workers", type=int, default=2, help="multi_processing workers")
     p.add_argument("--selection", choices=("liver_margin", "all"), default="liver_margin")
-    p.add_argument("--compression_level", type=int, default=bc.DEFAULT_COMPRESSION_LEVEL)
-    p.add_argument("--compress_threads", type=int, default=bc.DEFAULT_COMPRESS_THREADS)
+    p.add_argument("--compression_level", type=int, default=DEFAULT_COMPRESSION_LEVEL)
+    p.add_argument("--compress_threads", type=int, default=DEFAULT_COMPRESS_THREADS)
     p.add_argument("--serial_volumes", type=int, default=4,
                    help="volumes for the serial per-stage breakdown")
     p.add_argument("--no_prefetch", action="store_true",
@@ -219,13 +225,13 @@ def main(argv=None) -> int:
               f"volumes ({sn} slices -> {serial['examples']} examples, one thread, no Beam): "
               f"{1e3 * s_total / sn:.2f} ms per input slice = {sn / s_total:.0f} slices/s "
               f"on one core")
-        for s in bc.STAGES[:5]:
+        for s in conversion_stages.STAGES[:5]:
             v = st.get(s, 0.0)
             print(f"  {labels.get(s, s):24s} {1e3 * v / sn:6.2f} ms/slice "
                   f"{100 * v / max(s_total, 1e-9):5.1f} %")
         print("in the Beam run (seconds inside each stage summed over threads/workers; more "
               "than CPU when threads wait for a core):")
-        stages = [(s, c.get(f"{s}_us", 0) / 1e6) for s in bc.STAGES]
+        stages = [(s, c.get(f"{s}_us", 0) / 1e6) for s in conversion_stages.STAGES]
         total = sum(v for _, v in stages)
         print("  " + ", ".join(f"{labels.get(s, s)} {v:.1f} s" for s, v in stages)
               + f"; total {total:.1f} s")

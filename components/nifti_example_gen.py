@@ -4,7 +4,7 @@ or any files listed in a CSV manifest) into 2.5D slice tf.Examples with a patien
 The executor is a thin adapter around preprocessing/beam_convert.py (which the standalone
 converter, preprocessing/convert.py, runs too): it discovers the cases, assigns splits, runs the
 conversion and writes each split as shuffled gzip TFRecord shards itself (two passes, memory
-bounded by about one case per worker; see beam_convert.write_examples) instead of TFX's WriteSplit,
+bounded by about one case per worker; see shard_writer.write_examples) instead of TFX's WriteSplit,
 which reshuffles every example through the runner and compresses at level 6. Beside the split
 folders it writes `quarantine.jsonl` (one line per rejected case: file, case id, reason),
 `cases.jsonl` (one line per converted case) and `conversion_summary.json`, and fails the run,
@@ -30,10 +30,11 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from preprocessing.beam_convert import (ConversionPlan, check_conversion, convert_cases,
-                                        plan_conversion, remove_temp_dir, summarize_conversion,
-                                        write_examples, write_lines)
+from preprocessing.beam_convert import convert_cases
+from preprocessing.conversion_plan import ConversionPlan, plan_conversion
+from preprocessing.conversion_report import check_conversion, summarize_conversion, write_lines
 from preprocessing.conversion_settings import ConversionSettings
+from preprocessing.shard_writer import remove_temp_dir, write_examples
 from preprocessing.splits import EVAL, TRAIN
 from schema.contract import CASES_FILE, QUARANTINE_FILE
 

@@ -5,13 +5,12 @@ Two ways to average, both per class (``class_id``):
 * pooled (default, ``per_image=False``): ``DiceCoefficient`` / ``IoUScore`` accumulate TP, FP and
   FN over every pixel of every batch seen (a "global" score, dominated by large organs) and
   return 1.0 while both prediction and truth are empty.
-* per-slice mean (``per_image=True``, or the aliases ``MeanSliceDice`` / ``MeanSliceIoU``): the
-  score of each image (2D slice) separately, averaged over all images seen; an image where
-  prediction and truth are both empty scores 1.0, one with only one of them empty scores 0.0.
-  ``sample_weight`` (one weight per image) gives a weighted mean.
+* per-slice mean (``per_image=True``): the score of each image (2D slice) separately, averaged
+  over all images seen; an image where prediction and truth are both empty scores 1.0, one with
+  only one of them empty scores 0.0. ``sample_weight`` (one weight per image) gives a weighted
+  mean.
 
-:func:`overlap_metrics` builds the set (Dice, IoU) x (pooled, per-slice) for every foreground
-class.  Which pixels count as positive:
+Which pixels count as positive:
 
 * C == 1 (sigmoid): ``y_pred >= threshold`` and ``y_true >= 0.5``.
 * C > 1 (softmax): ``argmax(y_pred) == class_id`` (``threshold`` unused); with
@@ -135,43 +134,6 @@ class IoUScore(_OverlapMetric):
     _base_name = "iou"
 
 
-@keras.saving.register_keras_serializable(package="unet3plus")
-class MeanSliceDice(DiceCoefficient):
-    """``DiceCoefficient(per_image=True)``: mean over slices of per-slice Dice."""
-
-    def __init__(self, threshold=0.5, class_id=None, per_image=True, name=None, dtype=None):
-        super().__init__(threshold=threshold, class_id=class_id, per_image=per_image, name=name,
-                         dtype=dtype)
-
-
-@keras.saving.register_keras_serializable(package="unet3plus")
-class MeanSliceIoU(IoUScore):
-    """``IoUScore(per_image=True)``: mean over slices of per-slice IoU."""
-
-    def __init__(self, threshold=0.5, class_id=None, per_image=True, name=None, dtype=None):
-        super().__init__(threshold=threshold, class_id=class_id, per_image=per_image, name=name,
-                         dtype=dtype)
-
-
-def overlap_metrics(num_classes: int = 1, threshold: float = 0.5, kinds=("dice", "iou"),
-                    per_image=(False, True)) -> list:
-    """Dice/IoU metrics per class, pooled and/or per-slice mean.
-
-    ``num_classes == 1``: one of each (names "dice", "iou", "slice_dice", "slice_iou");
-    ``num_classes > 1``: one per foreground class c = 1..C-1 (names suffixed ``_c<c>``).
-    """
-    classes = [None] if num_classes == 1 else list(range(1, num_classes))
-    out = []
-    for mode in per_image:
-        for kind in kinds:
-            cls = {"dice": DiceCoefficient, "iou": IoUScore}[kind]
-            for c in classes:
-                base = f"slice_{kind}" if mode else kind
-                out.append(cls(threshold=threshold, class_id=c, per_image=mode,
-                               name=base if c is None else f"{base}_c{c}"))
-    return out
-
-
 def class_map(values, threshold: float = 0.5) -> np.ndarray:
     """[..., C] probabilities or targets -> integer class per pixel [...]: C == 1 (sigmoid)
     thresholded to 0/1, C > 1 (softmax / one-hot) argmax."""
@@ -189,23 +151,3 @@ def dice_numpy(pred_bool, true_bool) -> float:
     if denom == 0:
         return 1.0
     return 2.0 * int(np.logical_and(p, t).sum()) / denom
-
-
-def iou_numpy(pred_bool, true_bool) -> float:
-    """IoU of two boolean arrays (any shape); 1.0 when both are empty."""
-    p = np.asarray(pred_bool, dtype=bool)
-    t = np.asarray(true_bool, dtype=bool)
-    union = int(np.logical_or(p, t).sum())
-    if union == 0:
-        return 1.0
-    return int(np.logical_and(p, t).sum()) / union
-
-
-def mean_slice_dice_numpy(pred_bool, true_bool) -> float:
-    """Mean over the first axis (slices) of :func:`dice_numpy`."""
-    return float(np.mean([dice_numpy(p, t) for p, t in zip(pred_bool, true_bool)]))
-
-
-def mean_slice_iou_numpy(pred_bool, true_bool) -> float:
-    """Mean over the first axis (slices) of :func:`iou_numpy`."""
-    return float(np.mean([iou_numpy(p, t) for p, t in zip(pred_bool, true_bool)]))

@@ -35,7 +35,10 @@ warnings.filterwarnings("ignore", message="You are using a non-supported Python 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from preprocessing import beam_convert as bc
+from preprocessing.beam_convert import add_conversion
+from preprocessing.conversion_plan import plan_conversion
+from preprocessing.conversion_report import check_conversion, summarize_conversion
+from preprocessing.shard_writer import remove_temp_dir
 from preprocessing.conversion_settings import LOCAL_BEAM_RUNNER, ConversionSettings
 from preprocessing.slices import SliceConfig
 from preprocessing.splits import EVAL, TRAIN
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(output, exist_ok=True)
 
     try:
-        plan = bc.plan_conversion(settings, args.data_root)
+        plan = plan_conversion(settings, args.data_root)
     except (OSError, ValueError) as e:
         logging.error("Cannot read the input: %s", e)
         return 2
@@ -139,21 +142,21 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     try:
         with beam.Pipeline(options=beam_options(args.beam_arg)) as pipeline:
-            bc.add_conversion(pipeline, plan, slice_config, split_dirs, output, temp_dir,
-                              compression_level=settings.compression_level,
-                              compress_threads=settings.compress_threads,
-                              prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX,
-                              seed=settings.split_seed, prefetch=settings.prefetch)
+            add_conversion(pipeline, plan, slice_config, split_dirs, output, temp_dir,
+                           compression_level=settings.compression_level,
+                           compress_threads=settings.compress_threads,
+                           prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX,
+                           seed=settings.split_seed, prefetch=settings.prefetch)
     finally:
-        bc.remove_temp_dir(temp_dir)
+        remove_temp_dir(temp_dir)
     with open(os.path.join(output, RECORDS_SLICE_CONFIG_FILE), "w") as f:
         json.dump(slice_config.to_dict(), f, indent=2)
-    summary = bc.summarize_conversion(output, plan.input_cases, SPLITS)
+    summary = summarize_conversion(output, plan.input_cases, SPLITS)
     logging.info("Converted %d/%d cases, %d input slices -> examples %s in %.1f s",
                  summary["cases_converted"], summary["input_cases"], summary["input_slices"],
                  summary["examples_per_split"], time.time() - start)
     try:
-        bc.check_conversion(summary, settings.max_bad_fraction)
+        check_conversion(summary, settings.max_bad_fraction)
     except RuntimeError as e:
         logging.error("%s (report: %s)", e, os.path.join(output, QUARANTINE_FILE))
         return 1

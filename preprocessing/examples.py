@@ -1,10 +1,15 @@
 """SliceRecord -> tf.Example in the format of preprocessing/features.py. Used by the Beam
 conversion (training data) and by predict.py (serving requests), so both build the same bytes.
 
-`slice_to_example` builds the proto; `example_bytes` writes the same message's wire format
-directly (no proto objects, one copy of the pixels), which is what the conversion uses: parsing
-its output gives a message equal to `slice_to_example`'s (a test checks that). TensorFlow is
-imported only by `slice_to_example`, so Beam workers that only convert start without it.
+Two serializers of the one message, both kept on purpose:
+* `example_bytes` writes the wire format directly (no proto objects, one copy of the pixels): the
+  conversion's, where serializing is a timed stage of every example written (the "serialize"
+  stage of bench/examplegen_throughput.py), and it needs no TensorFlow, so Beam workers that only
+  convert start without it.
+* `slice_to_example` builds the tf.train.Example proto: predict.py's serving requests (it has
+  TensorFlow loaded anyway) and the reference the fast path is checked against (parsing
+  `example_bytes` gives a message equal to `slice_to_example`'s; tests/test_nifti_slices.py).
+Their bytes may differ in map order only; what a parser reads is the same.
 """
 from __future__ import annotations
 

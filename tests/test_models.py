@@ -12,10 +12,10 @@ from keras import ops
 
 from models import losses as L
 from models.encoders import ENCODERS, build_encoder
-from models.metrics import (DiceCoefficient, IoUScore, MeanSliceDice, MeanSliceIoU, dice_numpy,
-                            iou_numpy, mean_slice_dice_numpy, mean_slice_iou_numpy,
-                            overlap_metrics)
+from models.metrics import DiceCoefficient, IoUScore, dice_numpy
 from models.unet3plus import VARIANTS, build_unet3plus, model_output_names
+from metric_helpers import (MeanSliceDice, MeanSliceIoU, iou_numpy, mean_slice_dice_numpy,
+                            mean_slice_iou_numpy, overlap_metrics)
 
 TINY = dict(filters=(4, 8, 16, 32, 64), skip_filters=4)
 

@@ -13,11 +13,11 @@ import pytest
 from preprocessing.nifti import (CaseError, CaseFiles, discover_lits_cases,
                                  discover_manifest_cases, load_case)
 from preprocessing.slices import (SliceConfig, canonical_to_display, display_to_canonical,
-                                  iter_slices, model_grid_to_canonical, prepare_volume,
-                                  resize_in_plane, select_slices, stack_context,
+                                  model_grid_to_canonical, resize_in_plane,
                                   volume_to_model_input)
 from preprocessing.splits import EVAL, TRAIN, assign_splits
 from preprocessing.synthetic_ct import generate_case
+from slice_helpers import iter_slices, prepare_volume, select_slices, stack_context
 
 CONFIG = SliceConfig(size=(48, 48), context=1, keep_fraction=0.0)
 
@@ -326,10 +326,11 @@ def test_target_spacing_crops_and_pads_around_the_centre(tmp_path):
 def test_slice_config_round_trips_through_custom_config():
     from components.nifti_example_gen import make_custom_config
     from google.protobuf import json_format, struct_pb2
+    from preprocessing.conversion_settings import ConversionSettings
     for config in (SliceConfig(size=(64, 48), target_spacing=0.75, keep_fraction=0.3),
                    SliceConfig()):
         struct = struct_pb2.Struct()
-        make_custom_config({"slice": config.to_dict()}).custom_config.Unpack(struct)
+        make_custom_config(ConversionSettings(slices=config)).custom_config.Unpack(struct)
         back = SliceConfig.from_dict(json_format.MessageToDict(struct)["slice"])
         assert back == config
         assert back.target_spacing is None or isinstance(back.target_spacing, float)
@@ -354,7 +355,8 @@ def test_slice_by_slice_path_equals_the_volume_path(tmp_path):
     """The conversion's fast path (stored values, HU scaling after resampling, one slice at a
     time) gives the examples of load_case + the whole-volume resizer, for every orientation."""
     from preprocessing.nifti import canonicalize_case, read_case
-    from preprocessing.slices import prepare_slices, resample_to_config, window_hu
+    from preprocessing.slices import prepare_slices, resample_to_config
+    from slice_helpers import window_hu
     for i, (code, scaling) in enumerate((("RAS", "half"), ("LPS", "offset"), ("PIR", "none"))):
         files = _save(generate_case(i, in_plane=40, slices_range=(8, 8), orientation=code,
                                     scaling=scaling), tmp_path, i)

@@ -1,7 +1,7 @@
 """predict.py against known answers, with a stand-in for the trained model.
 
 The stand-in answers each serialized example it is sent with that slice's label as the ExampleGen
-itself writes it (beam_convert.case_examples on the same files): exactly what a perfect model
+itself writes it (case_conversion.case_examples on the same files): exactly what a perfect model
 would return. predict.py must then write the input's own label back, in the input's grid (shape,
 affine, axis order and directions), whatever the file's orientation, header scaling, spacing and
 the model's SliceConfig. A stand-in that flips its answer along one axis must fail the same check,
@@ -27,7 +27,7 @@ import tensorflow as tf
 import predict
 from models.metrics import class_map, dice_numpy
 from preprocessing import features as F
-from preprocessing.beam_convert import case_examples
+from preprocessing.case_conversion import case_examples
 from preprocessing.nifti import CaseFiles, load_case
 from preprocessing.slices import (SliceConfig, canonical_to_display, model_grid_to_canonical,
                                   resample_to_config, volume_to_model_input)

@@ -1,0 +1,209 @@
+"""Serialized examples per split -> globally shuffled gzip TFRecord shards (`write_examples`).
+
+Two passes, so that the output is globally shuffled (the Trainer's shuffle buffer only mixes
+nearby examples) without a Beam shuffle of the examples themselves (TFX's WriteSplit reshuffles
+every example through the runner, which the DirectRunner holds in memory, and gzips at zlib's
+default level 6):
+  1. fused with the conversion: each example is framed as a TFRecord record, compressed as its own
+     gzip member (in a small thread pool: zlib releases the GIL) and appended to a per-bundle temp
+     file; the index (bucket, file, offset, length) goes on. The bucket is a hash of the record.
+  2. per bucket (about one case's worth of examples): the members are read back, shuffled with a
+     seeded order and concatenated into one shard. Concatenated gzip members are one valid gzip
+     stream (RFC 1952), read by tf.data, Beam and TFX like any .gz TFRecord file.
+The writer holds at most PENDING_BYTES of examples waiting for compression and one output shard.
+"""
+from __future__ import annotations
+
+import collections
+import random
+import struct
+import time
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
+
+from preprocessing.conversion_settings import DEFAULT_COMPRESS_THREADS, DEFAULT_COMPRESSION_LEVEL
+from preprocessing.conversion_stages import COUNTER_NAMESPACE, StageCounters, lap
+
+# Serialized examples waiting for a compression thread, per split and worker (~100 examples of
+# 320x320x3): about the size of one volume as read, so memory stays about one volume per worker.
+PENDING_BYTES = 64 * 2**20
+
+
+def _crc32c(data) -> int:
+    import google_crc32c   # noqa: PLC0415 (a Beam dependency; imported in the worker)
+    return google_crc32c.value(data)
+
+
+def _masked(crc: int) -> int:
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_frame(data: bytes) -> Tuple[bytes, bytes, int]:
+    """TFRecord framing of one record: (header, footer, crc32c of the data)."""
+    length = struct.pack("<Q", len(data))
+    crc = _crc32c(data)
+    return (length + struct.pack("<I", _masked(_crc32c(length))),
+            struct.pack("<I", _masked(crc)), crc)
+
+
+def compress_record(data: bytes, level: int) -> Tuple[bytes, int]:
+    """One TFRecord record as a complete gzip member, and the record's crc32c."""
+    header, footer, crc = tfrecord_frame(data)
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return c.compress(header) + c.compress(data) + c.compress(footer) + c.flush(), crc
+
+
+class SpillRecordsFn(beam.DoFn):
+    """Pass 1 of write_examples for one split: compress each record into this bundle's temp file
+    and emit, when the bundle ends, ((split, bucket), [(path, offset, length, crc), ...])."""
+
+    def __init__(self, split: str, temp_dir: str, num_buckets: int, level: int, threads: int):
+        self._split, self._temp_dir = split, temp_dir
+        self._buckets, self._level, self._threads = max(1, num_buckets), level, threads
+
+    def setup(self):
+        self._pool = ThreadPoolExecutor(self._threads) if self._threads > 0 else None
+        self._stages = StageCounters()
+
+    def start_bundle(self):
+        self._file = self._path = None
+        self._offset = 0
+        self._index = collections.defaultdict(list)
+        self._pending = collections.deque()
+        self._pending_bytes = 0
+        self._timings: Dict[str, float] = {}
+
+    def _timed_compress(self, data: bytes):
+        t = time.perf_counter()
+        member, crc = compress_record(data, self._level)
+        return member, crc, time.perf_counter() - t
+
+    def process(self, data):   # one serialized example
+        if self._pool is None:
+            self._write(*self._timed_compress(data))
+            return
+        self._pending.append((len(data), self._pool.submit(self._timed_compress, data)))
+        self._pending_bytes += len(data)
+        # A backlog (bounded in bytes) lets the compression threads keep working while this
+        # thread reads and resamples the next case.
+        while self._pending and (self._pending_bytes > PENDING_BYTES
+                                 or self._pending[0][1].done()):
+            self._pop()
+
+    def _pop(self):
+        size, future = self._pending.popleft()
+        self._pending_bytes -= size
+        self._write(*future.result())
+
+    def _write(self, member: bytes, crc: int, seconds: float):
+        self._timings["compress"] = self._timings.get("compress", 0.0) + seconds
+        t = time.perf_counter()
+        if self._file is None:
+            self._path = FileSystems.join(self._temp_dir,
+                                          f"{self._split}-{uuid.uuid4().hex}.part")
+            self._file = FileSystems.create(self._path,
+                                            compression_type=CompressionTypes.UNCOMPRESSED)
+        self._file.write(member)
+        self._index[crc % self._buckets].append((self._path, self._offset, len(member), crc))
+        self._offset += len(member)
+        lap(self._timings, "write", t)
+
+    def finish_bundle(self):
+        while self._pending:
+            self._pop()
+        if self._file is not None:
+            self._file.close()
+        self._stages.add(self._timings)
+        for bucket, entries in sorted(self._index.items()):
+            yield WindowedValue(((self._split, bucket), entries), window.MIN_TIMESTAMP,
+                                [window.GlobalWindow()])
+
+    def teardown(self):
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown()
+
+
+def shard_name(prefix: str, bucket: int, num_buckets: int, suffix: str) -> str:
+    return f"{prefix}-{bucket:05d}-of-{num_buckets:05d}{suffix}"
+
+
+class MergeBucketFn(beam.DoFn):
+    """Pass 2 of write_examples: one bucket's compressed records, read back, put in a seeded
+    random order and written as one shard. Yields (split, records written)."""
+
+    def __init__(self, split_dirs: Dict[str, str], num_buckets: Dict[str, int], prefix: str,
+                 suffix: str, seed: int):
+        self._dirs, self._buckets = split_dirs, num_buckets
+        self._prefix, self._suffix, self._seed = prefix, suffix, seed
+
+    def setup(self):
+        self._stages = StageCounters()
+        self._records = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "records_written")
+
+    def process(self, element):
+        (split, bucket), groups = element
+        t = time.perf_counter()
+        entries = sorted(e for group in groups for e in group)
+        by_file = collections.defaultdict(list)
+        for path, offset, length, crc in entries:
+            by_file[path].append((offset, length, crc))
+        blobs = []
+        for path, parts in by_file.items():
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                position = 0
+                for offset, length, crc in parts:
+                    if offset != position:
+                        f.seek(offset)
+                    blobs.append((crc, length, f.read(length)))
+                    position = offset + length
+        # Independent of how records were spread over workers and bundles: sort, then shuffle.
+        blobs.sort(key=lambda b: (b[0], b[1], b[2][:64]))
+        random.Random(f"{self._seed}:{split}:{bucket}").shuffle(blobs)
+        path = FileSystems.join(self._dirs[split], shard_name(
+            self._prefix, bucket, max(1, self._buckets[split]), self._suffix))
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for _, _, blob in blobs:
+                f.write(blob)
+        self._stages.add({"merge": time.perf_counter() - t})
+        self._records.inc(len(blobs))
+        yield split, len(blobs)
+
+
+def write_examples(examples: Dict[str, beam.PCollection], split_dirs: Dict[str, str],
+                   temp_dir: str, num_buckets: Dict[str, int],
+                   compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+                   compress_threads: int = DEFAULT_COMPRESS_THREADS,
+                   prefix: str = "data_tfrecord", suffix: str = ".gz", seed: int = 0,
+                   label: str = "WriteExamples") -> beam.PCollection:
+    """Writes serialized examples per split as shuffled gzip TFRecord shards
+    `<split_dir>/<prefix>-BBBBB-of-NNNNN<suffix>`, about one case's worth of examples per shard
+    (`num_buckets[split]` shards, e.g. the number of cases in the split; a bucket no record hashed
+    to is not written). Temp files go under `temp_dir`: remove it when the pipeline is done
+    (`remove_temp_dir`). Returns a PCollection of (split, records) per shard."""
+    for d in list(split_dirs.values()) + [temp_dir]:
+        if not FileSystems.exists(d):
+            FileSystems.mkdirs(d)
+    indexes = []
+    for split, pcoll in examples.items():
+        indexes.append(pcoll | f"{label}Spill[{split}]" >> beam.ParDo(SpillRecordsFn(
+            split, temp_dir, num_buckets[split], compression_level, compress_threads)))
+    return (indexes
+            | f"{label}Index" >> beam.Flatten()
+            | f"{label}GroupBuckets" >> beam.GroupByKey()
+            | f"{label}Merge" >> beam.ParDo(MergeBucketFn(split_dirs, num_buckets, prefix,
+                                                          suffix, seed)))
+
+
+def remove_temp_dir(temp_dir: str):
+    if "://" in temp_dir:   # object stores delete a "folder" by its prefix
+        temp_dir = temp_dir.rstrip("/") + "/"
+    if FileSystems.exists(temp_dir):
+        FileSystems.delete([temp_dir])
