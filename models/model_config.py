@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Tuple
 
+from schema.settings import settings_from_dict
+
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -25,11 +27,5 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ModelConfig":
-        """Inverse of to_dict (tuples come back from JSON as lists); a missing key takes its
-        default, an unknown one is an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**values)
+        """Inverse of to_dict; a missing key takes its default, an unknown one is an error."""
+        return settings_from_dict(cls, d, "model")

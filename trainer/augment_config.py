@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
+from schema.settings import settings_from_dict
+
 
 @dataclasses.dataclass
 class AugmentConfig:
@@ -29,9 +31,4 @@ def augment_config(cfg: Optional[dict]) -> AugmentConfig:
         return AugmentConfig()
     if isinstance(cfg, AugmentConfig):
         return cfg
-    known = {f.name for f in dataclasses.fields(AugmentConfig)}
-    unknown = set(cfg) - known
-    if unknown:
-        raise ValueError(f"unknown augmentation settings {sorted(unknown)}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
-    return AugmentConfig(**values)
+    return settings_from_dict(AugmentConfig, cfg, "augmentation")

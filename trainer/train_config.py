@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict
 
+from schema.settings import settings_from_dict
 from trainer.augment_config import AugmentConfig, augment_config
 
 PRECISIONS = ("auto", "fp32", "mixed_bfloat16", "mixed_float16")
@@ -41,12 +42,5 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        """Inverse of to_dict (tuples come back from JSON as lists); a missing key takes its
-        default, an unknown one is an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown train settings {sorted(unknown)}; known: {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        values["augment"] = augment_config(d.get("augment"))
-        return cls(**values)
+        """Inverse of to_dict; a missing key takes its default, an unknown one is an error."""
+        return settings_from_dict(cls, d, "train", augment=augment_config(d.get("augment")))
