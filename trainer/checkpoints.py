@@ -20,6 +20,8 @@ import shutil
 
 import keras
 
+from schema.contract import CONSOLE_LOGGER
+
 BEST_WEIGHTS = "best.weights.h5"   # the best epoch's weights (also copied to model_run_dir)
 BEST_RECORD = "best.json"
 RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.BackupAndRestore
@@ -57,8 +59,10 @@ def check_resume_point(resume_dir: str, epochs: int) -> None:
                         "training starts over", resume_dir)
         shutil.rmtree(resume_dir, ignore_errors=True)
         return
-    logging.info("Resuming interrupted training at epoch %d of %d (checkpoint in %s)",
-                 epoch, epochs, resume_dir)
+    # On the console too: a person should see that this run continues an earlier one.
+    logging.getLogger(CONSOLE_LOGGER).info(
+        "Resuming interrupted training at epoch %d of %d (checkpoint in %s)", epoch, epochs,
+        resume_dir)
 
 
 class BestWeights(keras.callbacks.Callback):
