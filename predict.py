@@ -42,6 +42,7 @@ from preprocessing.examples import slice_to_example
 from preprocessing.nifti import CanonicalCase, CaseError, CaseFiles, canonicalize_case, read_case
 from preprocessing.slices import (SliceConfig, SliceRecord, model_grid_to_canonical,
                                   volume_to_model_input)
+from schema.contract import MODEL_SLICE_CONFIG_FILE
 
 # Serialized tf.Examples (ExampleGen format) -> float32 probabilities [B, H, W, C].
 ServeFn = Callable[[List[bytes]], np.ndarray]
@@ -65,7 +66,6 @@ def check_output(output_path: str) -> None:
 
 
 def load_slice_config(model_dir: str) -> SliceConfig:
-    from schema.contract import MODEL_SLICE_CONFIG_FILE
     path = os.path.join(model_dir, MODEL_SLICE_CONFIG_FILE)
     try:
         with open(path) as f:
