@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                   configs.PIPELINE_NAME))
     p.add_argument("--train_steps", type=int, default=env("UNET3P_TRAIN_STEPS"))
     p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--steps_per_epoch", type=int, default=None,
+                   help="training steps between validations and checkpoints")
     p.add_argument("--num_cases", type=int, default=None,
                    help="number of synthetic volumes (ignored with --data_root)")
     choices = configs.CHOICES
@@ -83,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
         profile=args.profile, output_dir=args.output_dir, data_root=args.data_root,
         pipeline_root=args.pipeline_root, metadata_path=args.metadata_path,
         serving_dir=args.serving_dir, train_steps=args.train_steps, batch_size=args.batch_size,
+        steps_per_epoch=args.steps_per_epoch,
         precision=args.precision, xla=args.xla, normalization=args.normalization,
         classes=args.classes, input=args.input,
         manifest=os.path.abspath(args.manifest) if args.manifest else None,

@@ -118,6 +118,7 @@ OVERRIDABLE = {
     "manifest": ("example_gen", "manifest"),
     "train_steps": ("train", "train_steps"),
     "batch_size": ("train", "batch_size"),
+    "steps_per_epoch": ("train", "steps_per_epoch"),
     "precision": ("train", "precision"),
     "xla": ("train", "xla"),
     "normalization": ("transform", "normalization"),
