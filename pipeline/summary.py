@@ -51,6 +51,11 @@ def read_eval_metrics(eval_uri: str, names=tuple(EVAL_METRICS.values())
 
 
 
+def _slice_value(single_slice_key):
+    value = getattr(single_slice_key, single_slice_key.WhichOneof("kind"))
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def read_blessing_failures(eval_uri: str) -> List[str]:
     """Why the Evaluator did not bless: one line per failed threshold, from TFMA's validation
     result (a value threshold: below the bar; a change threshold: worse than the last blessed
@@ -59,7 +64,7 @@ def read_blessing_failures(eval_uri: str) -> List[str]:
     result = tfma.load_validation_result(eval_uri)
     reasons = []
     for per_slice in result.metric_validations_per_slice:
-        where = ", ".join(f"{c.column}={c.bytes_value.decode() or c.int64_value}"
+        where = ", ".join(f"{c.column}={_slice_value(c)}"
                           for c in per_slice.slice_key.single_slice_keys) or "overall"
         for failure in per_slice.failures:
             name = failure.metric_key.name
