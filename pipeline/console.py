@@ -37,11 +37,6 @@ def console_logger() -> logging.Logger:
     return logging.getLogger(CONSOLE_LOGGER)
 
 
-def is_terminal(stream=None) -> bool:
-    stream = stream or sys.stdout
-    return bool(getattr(stream, "isatty", None) and stream.isatty())
-
-
 class _ConsoleFilter(logging.Filter):
     """Passes the console's own lines, this project's warnings and errors from anywhere (with
     `project_info`, this project's INFO lines too). Python warnings (logger py.warnings) count as
@@ -236,9 +231,9 @@ def setup_logging(log_dir: Optional[str], verbose: bool = False, name: str = "ru
 
 def _anomalies(metadata_path: str) -> Optional[int]:
     """Anomalies found by the latest run's ExampleValidator, over its splits (None: no artifact)."""
-    import glob
-    from tensorflow_metadata.proto.v0 import anomalies_pb2
+    from tfx.types import artifact_utils
     from pipeline.summary import _latest_run, _open_store
+    from pipeline.validation import describe_anomalies
     store = _open_store(metadata_path)
     run = _latest_run(store)
     types = {t.id: t.name for t in store.get_artifact_types()}
@@ -246,14 +241,9 @@ def _anomalies(metadata_path: str) -> Optional[int]:
              if types.get(a.type_id) == "ExampleAnomalies"]
     if not found:
         return None
-    uri = max(found, key=lambda a: a.id).uri
-    count = 0
-    for path in glob.glob(os.path.join(uri, "Split-*", "SchemaDiff.pb")):
-        anomalies = anomalies_pb2.Anomalies()
-        with open(path, "rb") as f:
-            anomalies.ParseFromString(f.read())
-        count += len(anomalies.anomaly_info) + bool(anomalies.HasField("dataset_anomaly_info"))
-    return count
+    latest = max(found, key=lambda a: a.id)
+    splits = artifact_utils.decode_split_names(latest.properties["split_names"].string_value)
+    return len(describe_anomalies(latest.uri, splits))   # the gate's own reading
 
 
 def run_figures(metadata_path: str, newer_than: Optional[int]) -> Callable[[str], str]:
@@ -263,7 +253,8 @@ def run_figures(metadata_path: str, newer_than: Optional[int]) -> Callable[[str]
 
     def figure(name: str) -> str:
         from pipeline.summary import collect_run_summary
-        s = collect_run_summary(metadata_path, newer_than=newer_than)
+        s = collect_run_summary(metadata_path, newer_than=newer_than,
+                                with_evaluation=name == "Evaluator")
         if not s:
             return ""
         parts = []

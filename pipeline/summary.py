@@ -94,9 +94,11 @@ def latest_run_id(metadata_path: str) -> Optional[int]:
     return run.id if run else None
 
 
-def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None
-                        ) -> Optional[Dict[str, Any]]:
-    """The latest run's summary; None if there is no run newer than the run id `newer_than`."""
+def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None,
+                        with_evaluation: bool = True) -> Optional[Dict[str, Any]]:
+    """The latest run's summary; None if there is no run newer than the run id `newer_than`.
+    with_evaluation=False skips loading the TFMA results (Dice, why not blessed): the slow
+    part, which the console's per-component lines need only once."""
     if not os.path.exists(metadata_path):
         return None
     store = _open_store(metadata_path)
@@ -136,16 +138,16 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None
         if os.path.exists(path):
             with open(path) as f:
                 summary["training"] = json.load(f)
-    if "ModelEvaluation" in latest:
-        metrics = read_eval_metrics(latest["ModelEvaluation"].uri)
+    evaluation = latest.get("ModelEvaluation") if with_evaluation else None
+    if evaluation:
+        metrics = read_eval_metrics(evaluation.uri)
         for key, name in EVAL_METRICS.items():
             if metrics[name] or key == "eval_dice":
                 summary[key] = metrics[name]
     if "ModelBlessing" in latest:
         summary["blessed"] = bool(_prop(latest["ModelBlessing"], "blessed"))
-        if not summary["blessed"] and "ModelEvaluation" in latest:
-            summary["not_blessed_because"] = read_blessing_failures(
-                latest["ModelEvaluation"].uri)
+        if not summary["blessed"] and evaluation:
+            summary["not_blessed_because"] = read_blessing_failures(evaluation.uri)
     if "PushedModel" in latest:
         pushed = latest["PushedModel"]
         summary["pushed"] = bool(_prop(pushed, "pushed"))

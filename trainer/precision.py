@@ -36,20 +36,22 @@ class PrecisionChoice:
     reason: str                    # one line for the run log and the run summary
     bf16_speedup: Optional[float] = None   # probe: fp32 step time / bf16 step time
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-
-def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> frozenset:
-    """The instruction-set flags of the first CPU (Linux); empty where unknown."""
+def _cpuinfo_field(names: Tuple[str, ...], cpuinfo_path: str = "/proc/cpuinfo") -> Optional[str]:
+    """The value of the first /proc/cpuinfo line starting with one of `names` (Linux)."""
     try:
         with open(cpuinfo_path) as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(names):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> frozenset:
+    """The instruction-set flags of the first CPU; empty where unknown."""
+    return frozenset((_cpuinfo_field(("flags", "Features"), cpuinfo_path) or "").split())
 
 
 def native_bf16(flags: Iterable[str]) -> Optional[str]:
@@ -155,21 +157,10 @@ def time_train_steps(filters: Sequence[int], skip_filters: int,
 def probe_key(filters: Sequence[int], skip_filters: int, size: int) -> str:
     """The probe's answer holds for one machine, one TensorFlow and one model width."""
     import tensorflow as tf
-    what = {"machine": platform.node(), "cpu": _cpu_model(), "flags": sorted(cpu_flags()),
+    what = {"machine": platform.node(), "cpu": _cpuinfo_field(("model name",)) or platform.processor(), "flags": sorted(cpu_flags()),
             "tf": tf.__version__, "filters": [int(f) for f in filters],
             "skip_filters": int(skip_filters), "size": int(size)}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def cached_probe(filters: Sequence[int], skip_filters: int, cache_dir: Optional[str],

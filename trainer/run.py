@@ -63,17 +63,20 @@ def build_and_compile(model_cfg: Union[ModelConfig, dict], train_cfg: Union[Trai
                             filters=model_cfg.filters, skip_filters=model_cfg.skip_filters,
                             variant=model_cfg.variant, encoder=model_cfg.encoder)
     loss_kwargs = {k: float(v) for k, v in model_cfg.loss_weights.items()}
-    try:   # a weight the chosen loss doesn't have is an error, not silently ignored
-        get_loss(model_cfg.loss, **loss_kwargs)
-    except TypeError as e:
-        raise ValueError(f"loss_weights {loss_kwargs} do not fit loss {model_cfg.loss!r} "
-                         f"({e})") from None
+
+    def segmentation_loss():
+        try:   # a weight the chosen loss doesn't have is an error, not silently ignored
+            return get_loss(model_cfg.loss, **loss_kwargs)
+        except TypeError as e:
+            raise ValueError(f"loss_weights {loss_kwargs} do not fit loss {model_cfg.loss!r} "
+                             f"({e})") from None
+
     losses, weights = {}, {}
     for name in model_output_names(model_cfg.variant):
         if name == "organ":
             losses[name], weights[name] = get_loss("bce"), model_cfg.cgm_weight
         else:
-            losses[name] = get_loss(model_cfg.loss, **loss_kwargs)
+            losses[name] = segmentation_loss()
             weights[name] = 1.0 if name == "mask" else model_cfg.deep_supervision_weight
     learning_rate = make_learning_rate(train_cfg.lr_schedule, train_cfg.learning_rate,
                                        total_steps, train_cfg.warmup_steps)
