@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from preprocessing.conversion_settings import LOCAL_BEAM_RUNNER, ConversionSettings
 from preprocessing.slices import SliceConfig
+from preprocessing.storage import absolute, dirname, join
 from models.model_config import ModelConfig
 from preprocessing.transform_config import CLASSES, NORMALIZATIONS, TransformConfig
 from trainer.augment_config import AugmentConfig
@@ -65,13 +66,13 @@ class PipelineConfig:
     @property
     def synthetic_data_dir(self) -> str:
         s = self.synthetic
-        return os.path.join(os.path.dirname(self.pipeline_root) or ".",
+        return join(dirname(self.pipeline_root) or ".",
                             f"synthetic_ct_n{s.num_cases}_s{s.size}_seed{s.seed}")
 
     @property
     def input_base(self) -> str:
         if self.example_gen.manifest:
-            return os.path.dirname(os.path.abspath(self.example_gen.manifest))
+            return dirname(absolute(self.example_gen.manifest))
         return self.data_root or self.synthetic_data_dir
 
 
@@ -140,13 +141,13 @@ def make_config(profile: str = "demo", output_dir: str = "outputs",
     if unknown:
         raise TypeError(f"unknown settings {sorted(unknown)}; overridable: {sorted(OVERRIDABLE)}")
     config = profile_config(profile)
-    output_dir = os.path.abspath(output_dir)
+    # Local paths become absolute; URIs (gs://, s3://, ...) stay as given.
+    output_dir = absolute(output_dir)
     config.pipeline_name = pipeline_name
-    config.pipeline_root = os.path.abspath(pipeline_root or os.path.join(output_dir, "pipeline"))
-    config.metadata_path = os.path.abspath(metadata_path or
-                                           os.path.join(output_dir, "metadata.sqlite"))
-    config.serving_dir = os.path.abspath(serving_dir or os.path.join(output_dir, "serving_model"))
-    config.data_root = os.path.abspath(data_root) if data_root else None
+    config.pipeline_root = absolute(pipeline_root or join(output_dir, "pipeline"))
+    config.metadata_path = absolute(metadata_path or join(output_dir, "metadata.sqlite"))
+    config.serving_dir = absolute(serving_dir or join(output_dir, "serving_model"))
+    config.data_root = absolute(data_root) if data_root else None
     for name, value in overrides.items():
         if value is not None:
             section, field = OVERRIDABLE[name]
