@@ -212,9 +212,14 @@ class _SegLoss(keras.losses.Loss):
     def per_image(self, y_true, y_pred):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # The subclass's own constructor arguments, stored as attributes of the same names: what
+    # get_config saves so a loaded model rebuilds the same loss.
+    config_fields = ()
+
     def get_config(self):
         config = super().get_config()
         config["skip_background"] = self.skip_background
+        config.update({name: getattr(self, name) for name in self.config_fields})
         return config
 
 
@@ -227,34 +232,39 @@ class BCELoss(_SegLoss):
         return bce_loss(y_true, y_pred)
 
 
+class _SmoothedOverlapLoss(_SegLoss):
+    """Base of the overlap losses with a smoothing term: `overlap_loss(y_true, y_pred, smooth)`."""
+    overlap_loss = None   # set by each subclass (a staticmethod)
+    config_fields = ("smooth",)
+
+    def __init__(self, smooth=1.0, skip_background=None, name=None, **kwargs):
+        super().__init__(skip_background=skip_background, name=name, **kwargs)
+        self.smooth = float(smooth)
+
+    def per_image(self, y_true, y_pred):
+        return self.overlap_loss(y_true, y_pred, self.smooth)
+
+
 @keras.saving.register_keras_serializable(package="unet3plus")
-class DiceLoss(_SegLoss):
+class DiceLoss(_SmoothedOverlapLoss):
+    overlap_loss = staticmethod(dice_loss)
+
     def __init__(self, smooth=1.0, skip_background=None, name="dice_loss", **kwargs):
-        super().__init__(skip_background=skip_background, name=name, **kwargs)
-        self.smooth = float(smooth)
-
-    def per_image(self, y_true, y_pred):
-        return dice_loss(y_true, y_pred, self.smooth)
-
-    def get_config(self):
-        return {**super().get_config(), "smooth": self.smooth}
+        super().__init__(smooth=smooth, skip_background=skip_background, name=name, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")
-class IoULoss(_SegLoss):
+class IoULoss(_SmoothedOverlapLoss):
+    overlap_loss = staticmethod(iou_loss)
+
     def __init__(self, smooth=1.0, skip_background=None, name="iou_loss", **kwargs):
-        super().__init__(skip_background=skip_background, name=name, **kwargs)
-        self.smooth = float(smooth)
-
-    def per_image(self, y_true, y_pred):
-        return iou_loss(y_true, y_pred, self.smooth)
-
-    def get_config(self):
-        return {**super().get_config(), "smooth": self.smooth}
+        super().__init__(smooth=smooth, skip_background=skip_background, name=name, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class FocalLoss(_SegLoss):
+    config_fields = ("alpha", "gamma")
+
     def __init__(self, alpha=0.25, gamma=2.0, skip_background=None, name="focal_loss", **kwargs):
         super().__init__(skip_background=skip_background, name=name, **kwargs)
         self.alpha, self.gamma = float(alpha), float(gamma)
@@ -262,12 +272,11 @@ class FocalLoss(_SegLoss):
     def per_image(self, y_true, y_pred):
         return focal_loss(y_true, y_pred, self.alpha, self.gamma)
 
-    def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha, "gamma": self.gamma}
-
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class MSSSIMLoss(_SegLoss):
+    config_fields = ("filter_size", "filter_sigma")
+
     def __init__(self, filter_size=11, filter_sigma=1.5, skip_background=None, name="ms_ssim_loss",
                  **kwargs):
         super().__init__(skip_background=skip_background, name=name, **kwargs)
@@ -276,13 +285,11 @@ class MSSSIMLoss(_SegLoss):
     def per_image(self, y_true, y_pred):
         return ms_ssim_loss(y_true, y_pred, 1.0, self.filter_size, self.filter_sigma)
 
-    def get_config(self):
-        return {**super().get_config(), "filter_size": self.filter_size,
-                "filter_sigma": self.filter_sigma}
-
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class BCEDiceLoss(_SegLoss):
+    config_fields = ("w_bce", "w_dice")
+
     def __init__(self, w_bce=1.0, w_dice=1.0, skip_background=None, name="bce_dice_loss", **kwargs):
         super().__init__(skip_background=skip_background, name=name, **kwargs)
         self.w_bce, self.w_dice = float(w_bce), float(w_dice)
@@ -290,13 +297,12 @@ class BCEDiceLoss(_SegLoss):
     def per_image(self, y_true, y_pred):
         return self.w_bce * bce_loss(y_true, y_pred) + self.w_dice * dice_loss(y_true, y_pred)
 
-    def get_config(self):
-        return {**super().get_config(), "w_bce": self.w_bce, "w_dice": self.w_dice}
-
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class HybridLoss(_SegLoss):
     """UNet 3+ hybrid loss: w_focal * focal + w_ms_ssim * (1 - MS-SSIM) + w_iou * IoU loss."""
+    config_fields = ("w_focal", "w_ms_ssim", "w_iou", "alpha", "gamma", "filter_size",
+                     "filter_sigma", "iou_smooth")
 
     def __init__(self, w_focal=1.0, w_ms_ssim=1.0, w_iou=1.0, alpha=0.25, gamma=2.0,
                  filter_size=11, filter_sigma=1.5, iou_smooth=1.0, skip_background=None,
@@ -318,11 +324,6 @@ class HybridLoss(_SegLoss):
             total = total + self.w_iou * iou_loss(y_true, y_pred, self.iou_smooth)
         return total
 
-    def get_config(self):
-        return {**super().get_config(), "w_focal": self.w_focal, "w_ms_ssim": self.w_ms_ssim,
-                "w_iou": self.w_iou, "alpha": self.alpha, "gamma": self.gamma,
-                "filter_size": self.filter_size, "filter_sigma": self.filter_sigma,
-                "iou_smooth": self.iou_smooth}
 
 
 _LOSSES = {

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import List, Optional
 
 from preprocessing.conversion_settings import LOCAL_BEAM_RUNNER, ConversionSettings
@@ -113,21 +112,18 @@ def profile_config(profile: str) -> PipelineConfig:
     raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
 
 
-# Flag name -> (section of PipelineConfig, field): the settings a runner flag may override.
-OVERRIDABLE = {
-    "num_cases": ("synthetic", "num_cases"),
-    "manifest": ("example_gen", "manifest"),
-    "train_steps": ("train", "train_steps"),
-    "batch_size": ("train", "batch_size"),
-    "steps_per_epoch": ("train", "steps_per_epoch"),
-    "precision": ("train", "precision"),
-    "xla": ("train", "xla"),
-    "normalization": ("transform", "normalization"),
-    "classes": ("transform", "classes"),
-    "input": ("train", "input"),
-    "dice_lower_bound": ("evaluation", "dice_lower_bound"),
-    "dice_change_tolerance": ("evaluation", "dice_change_tolerance"),
+# The settings a runner flag may override, by section of PipelineConfig; each flag is named after
+# its field.
+_OVERRIDABLE_FIELDS = {
+    "synthetic": ("num_cases",),
+    "example_gen": ("manifest",),
+    "train": ("train_steps", "batch_size", "steps_per_epoch", "precision", "xla", "input"),
+    "transform": ("normalization", "classes"),
+    "evaluation": ("dice_lower_bound", "dice_change_tolerance"),
 }
+# Flag name -> (section, field).
+OVERRIDABLE = {field: (section, field)
+               for section, fields in _OVERRIDABLE_FIELDS.items() for field in fields}
 
 
 def make_config(profile: str = "demo", output_dir: str = "outputs",

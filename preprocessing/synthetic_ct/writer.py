@@ -44,7 +44,8 @@ def _save_atomic(img: nib.Nifti1Image, path: str) -> None:
             os.remove(tmp)
 
 
-def _dataset_params(num_cases, seed, in_plane, slices_range, start_index) -> dict:
+def _dataset_params(num_cases, seed=0, in_plane=128, slices_range=DEFAULT_SLICES_RANGE,
+                    start_index=0) -> dict:
     return {
         "generator": "synthetic_ct",  # not __name__: that is "__main__" under python -m
         "version": GENERATOR_VERSION,
@@ -166,28 +167,22 @@ def _warn_extra_files(out_dir: str, expected: set) -> None:
         LOG.warning("%s holds %d NIfTI files not in %s (e.g. %s)", out_dir, len(extra), MANIFEST_NAME, extra[0])
 
 
-def ensure_dataset(
-    out_dir: str,
-    num_cases: int,
-    seed: int = 0,
-    in_plane: int = 128,
-    slices_range: Tuple[int, int] = DEFAULT_SLICES_RANGE,
-    start_index: int = 0,
-    progress: bool = True,
-) -> List[Tuple[str, str]]:
+def ensure_dataset(out_dir: str, num_cases: int, progress: bool = True,
+                   **generator_args) -> List[Tuple[str, str]]:
     """Return the data set's file pairs, generating only what is missing or stale.
 
+    `generator_args`: seed, in_plane, slices_range, start_index, as for ``write_dataset``.
     Fast path: ``dataset.json`` has the same parameters and every listed file exists -> nothing is
     read or written. Otherwise ``write_dataset`` regenerates the cases that don't match.
     """
-    params = _dataset_params(num_cases, seed, in_plane, slices_range, start_index)
+    params = _dataset_params(num_cases, **generator_args)
+    start = params["start_index"]
     manifest = read_manifest(out_dir)
     pairs = [tuple(os.path.join(out_dir, n) for n in case_filenames(i))
-             for i in range(start_index, start_index + num_cases)]
+             for i in range(start, start + num_cases)]
     if manifest is not None and all(manifest.get(k) == v for k, v in params.items()):
         listed = {int(e["index"]) for e in manifest.get("cases", [])}
-        complete = listed == set(range(start_index, start_index + num_cases))
+        complete = listed == set(range(start, start + num_cases))
         if complete and all(os.path.isfile(p) for pair in pairs for p in pair):
             return pairs
-    return write_dataset(out_dir, num_cases, seed=seed, in_plane=in_plane, slices_range=slices_range,
-                         start_index=start_index, overwrite=False, progress=progress)
+    return write_dataset(out_dir, num_cases, overwrite=False, progress=progress, **generator_args)
