@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional
 
+from models.model_config import ModelConfig
+from pipeline.evaluation_config import EvalConfig
 from preprocessing.conversion_settings import LOCAL_BEAM_RUNNER, ConversionSettings
 from preprocessing.slices import SliceConfig
 from preprocessing.storage import absolute, dirname, join
-from models.model_config import ModelConfig
+from preprocessing.synthetic_ct.data_config import SyntheticDataConfig
 from preprocessing.transform_config import CLASSES, NORMALIZATIONS, TransformConfig
 from trainer.augment_config import AugmentConfig
 from trainer.train_config import INPUTS, PRECISIONS, XLA_MODES, TrainConfig
@@ -25,22 +27,6 @@ PROFILES = ("tiny", "demo", "paper")
 # runners' flags offer exactly these.
 CHOICES = {"precision": PRECISIONS, "xla": XLA_MODES, "normalization": NORMALIZATIONS,
            "classes": CLASSES, "input": INPUTS}
-
-
-@dataclasses.dataclass
-class SyntheticDataConfig:
-    """The built-in synthetic CT set, generated on first use when no --data_root is given."""
-    num_cases: int = 12
-    size: int = 128            # in-plane voxels
-    seed: int = 0
-    min_slices: int = 24
-    max_slices: int = 56
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    dice_lower_bound: float = 0.85     # absolute bar on eval-split liver Dice to bless
-    dice_change_tolerance: float = 0.01  # may be this much worse than the last blessed model
 
 
 @dataclasses.dataclass
@@ -64,9 +50,7 @@ class PipelineConfig:
 
     @property
     def synthetic_data_dir(self) -> str:
-        s = self.synthetic
-        return join(dirname(self.pipeline_root) or ".",
-                            f"synthetic_ct_n{s.num_cases}_s{s.size}_seed{s.seed}")
+        return join(dirname(self.pipeline_root) or ".", self.synthetic.folder_name)
 
     @property
     def input_base(self) -> str:
