@@ -79,11 +79,10 @@ def slice_pool(size: int, channels: int, seed: int = 0):
 def _float_example(case_id: str, image: np.ndarray, label: np.ndarray, index: int) -> bytes:
     """The same example with the image as a float_list of H*W*K values."""
     from preprocessing import features as F
-    from preprocessing.examples import slice_to_example
-    from preprocessing.slices import SliceRecord
-    example = slice_to_example(case_id, (0.8, 0.8, 2.0),
-                               SliceRecord(image=image, label=label, slice_index=index,
-                                           num_slices=1000))
+    import tensorflow as tf
+    from preprocessing.examples import example_bytes
+    example = tf.train.Example.FromString(
+        example_bytes(case_id, (0.8, 0.8, 2.0), image, index, 1000, label))
     feature = example.features.feature[F.IMAGE]
     feature.Clear()
     feature.float_list.value.extend(image.astype(np.float32).ravel())

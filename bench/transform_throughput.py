@@ -24,7 +24,7 @@ from google.protobuf import text_format  # noqa: E402
 from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
-from preprocessing.examples import slice_to_example  # noqa: E402
+from preprocessing.examples import slice_example_bytes  # noqa: E402
 from preprocessing.slices import SliceRecord  # noqa: E402
 from preprocessing.transform import preprocessing_fn  # noqa: E402
 from schema import SCHEMA_PATH  # noqa: E402
@@ -38,8 +38,7 @@ def write_raw_examples(path: str, num: int, size: int, channels: int) -> None:
     with tf.io.TFRecordWriter(path, "GZIP") as writer:
         for i in range(num):
             record = SliceRecord(images[i % 16], label, i % 50, 50)
-            writer.write(slice_to_example(f"volume-{i // 50}", (0.7, 0.7, 2.0), record)
-                         .SerializeToString())
+            writer.write(slice_example_bytes(f"volume-{i // 50}", (0.7, 0.7, 2.0), record))
 
 
 def main() -> int:

@@ -146,3 +146,9 @@ def example_bytes(case_id: str, spacing, image: np.ndarray, slice_index: int, nu
         ]
     features_len = sum(len(p) if not isinstance(p, memoryview) else p.nbytes for p in parts)
     return b"".join([_field(1, features_len)] + parts)
+
+
+def slice_example_bytes(case_id: str, spacing, record: SliceRecord) -> bytes:
+    """`example_bytes` of one SliceRecord: the serving requests of an exported model."""
+    return example_bytes(case_id, spacing, record.image, record.slice_index, record.num_slices,
+                         record.label)

@@ -1,12 +1,16 @@
 """Reference helpers over preprocessing/slices.py that only the tests use: the whole-volume forms
 of what the conversion does slice by slice (windowing, slice selection from labels [H, W, Z],
-display-oriented volumes, context stacks of [H, W, Z], SliceRecords)."""
+display-oriented volumes, context stacks of [H, W, Z], SliceRecords), and `slice_to_example`: the
+tf.train.Example built from protobuf objects, the reference that preprocessing/examples.py's
+direct wire-format writer is checked against."""
 from __future__ import annotations
 
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
+from preprocessing import features as F
+from preprocessing.examples import label_stats
 from preprocessing.nifti import CanonicalCase
 from preprocessing.slices import (SliceConfig, SliceRecord, context_indices, prepare_slices,
                                   select_by_liver, stack_context_zhw)
@@ -58,3 +62,37 @@ def iter_slices(case: CanonicalCase, config: SliceConfig,
             slice_index=int(z),
             num_slices=prepared.num_slices,
         )
+
+
+def slice_to_example(case_id: str, spacing, record: SliceRecord):
+    """One SliceRecord as a tf.train.Example proto, built field by field (the reference)."""
+    import tensorflow as tf
+
+    def _bytes(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def _ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in np.ravel(v)]))
+
+    def _floats(v):
+        return tf.train.Feature(float_list=tf.train.FloatList(
+            value=[float(x) for x in np.ravel(v)]))
+
+    feats = {
+        F.IMAGE: _bytes(record.image.astype(F.IMAGE_DTYPE, copy=False).tobytes()),
+        F.IMAGE_SHAPE: _ints(record.image.shape),
+        F.VOLUME_ID: _bytes(case_id.encode()),
+        F.SLICE_INDEX: _ints(record.slice_index),
+        F.NUM_SLICES: _ints(record.num_slices),
+        F.SPACING: _floats(spacing),
+    }
+    if record.label is not None:
+        has_liver, has_tumor, liver_fraction, tumor_fraction = label_stats(record.label)
+        feats.update({
+            F.LABEL: _bytes(record.label.astype(F.LABEL_DTYPE, copy=False).tobytes()),
+            F.HAS_LIVER: _ints(has_liver),
+            F.HAS_TUMOR: _ints(has_tumor),
+            F.LIVER_FRACTION: _floats(liver_fraction),
+            F.TUMOR_FRACTION: _floats(tumor_fraction),
+        })
+    return tf.train.Example(features=tf.train.Features(feature=feats))

@@ -339,8 +339,9 @@ def test_slice_config_round_trips_through_custom_config():
 
 def test_fast_example_bytes_equal_the_proto():
     import tensorflow as tf
-    from preprocessing.examples import example_bytes, slice_to_example
+    from preprocessing.examples import example_bytes, slice_example_bytes
     from preprocessing.slices import SliceRecord
+    from slice_helpers import slice_to_example
     rng = np.random.default_rng(0)
     image = rng.integers(-200, 250, (6, 5, 3)).astype(np.int16)
     label = rng.integers(0, 3, (6, 5)).astype(np.uint8)
@@ -349,6 +350,9 @@ def test_fast_example_bytes_equal_the_proto():
         fast = tf.train.Example.FromString(example_bytes("volume-3", (0.7, 0.8, 2.5), image,
                                                          4, 90, lab))
         assert fast == proto
+        assert slice_example_bytes("volume-3", (0.7, 0.8, 2.5),
+                                   SliceRecord(image, lab, 4, 90)) == example_bytes(
+            "volume-3", (0.7, 0.8, 2.5), image, 4, 90, lab)
 
 
 def test_slice_by_slice_path_equals_the_volume_path(tmp_path):

@@ -13,8 +13,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from preprocessing import features as F
-from preprocessing.examples import slice_to_example
 from preprocessing.slices import SliceRecord
+from slice_helpers import slice_to_example
 from preprocessing.transform import preprocessing_fn
 from schema import SCHEMA_PATH
 

@@ -14,8 +14,8 @@ from tfx.types import artifact_utils
 
 from pipeline.validation import ANOMALIES_FILE, describe_anomalies, validation_components
 from preprocessing import features as F
-from preprocessing.examples import slice_to_example
 from preprocessing.slices import SliceRecord
+from slice_helpers import slice_to_example
 from schema import SCHEMA_PATH
 
 pytestmark = pytest.mark.pipeline
