@@ -4,13 +4,14 @@ PY     := $(VENV)/bin/python
 # Quieter TensorFlow C++ logs; Python logging still says what each component does.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test test-fast data clean help
+.PHONY: setup run test test-fast data image clean help
 
 help:
 	@echo "make run    - set up if needed, make the synthetic CT set, run the whole pipeline (demo)"
 	@echo "make test   - set up if needed, run the test suite"
 	@echo "make setup  - create $(VENV) with Python 3.10 and the pinned stack"
 	@echo "make data   - only generate the built-in synthetic CT set (outputs/)"
+	@echo "make image  - build the Kubeflow/Vertex task image: IMAGE=registry/name:tag [PUSH=1] [CUDA=0]"
 	@echo "make clean  - remove outputs/ (pipeline artifacts, metadata, pushed models)"
 
 setup:
@@ -28,6 +29,10 @@ test-fast: setup
 
 data: setup
 	$(PY) -m preprocessing.synthetic_ct --output outputs/synthetic_ct_n12_s128_seed0 --num_cases 12 --size 128 --min_slices 24 --max_slices 56
+
+# The image Kubeflow / Vertex tasks and Beam workers run in (Docker needed; docs/deploy.md).
+image:
+	IMAGE="$(IMAGE)" PUSH="$(PUSH)" CUDA="$(CUDA)" bash scripts/build_image.sh
 
 clean:
 	rm -rf outputs

@@ -98,18 +98,6 @@ def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
     return config
 
 
-def use_byte_size_batching() -> None:
-    """TFXIO reads batches of 1..1000 records sized by timing, whatever their byte size: with
-    320x320 image examples one batch reached ~0.7 GB of records and StatisticsGen ~4 GB of RSS
-    (bench/statistics_memory.py). Batches of ~20 MiB keep the peak flat. The flag is read when
-    a component builds its Beam graph, which under the local orchestrator is this process."""
-    from absl import flags
-    from tfx_bsl.coders import batch_util  # noqa: F401  (defines the flag)
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS(sys.argv[:1], known_only=True)
-    flags.FLAGS.tfxio_use_byte_size_batching = True
-
-
 def ensure_input_data(config: configs.PipelineConfig) -> str:
     """The data root, generating the built-in synthetic set when none was given."""
     if config.example_gen.manifest:
@@ -156,7 +144,6 @@ def _run(args: argparse.Namespace, run_log, say) -> int:
     pipeline = create_pipeline(
         config, metadata_connection_config=tfx.orchestration.metadata
         .sqlite_metadata_connection_config(config.metadata_path))
-    use_byte_size_batching()
     previous_run = latest_run_id(config.metadata_path)
     if run_log.component_lines is not None:
         # Each component's end line carries its key figure, read from this run's artifacts.

@@ -3,7 +3,8 @@
     python predict.py --model outputs/serving_model/<version> --input volume-7.nii.gz \\
         --output volume-7_liver.nii.gz [--label segmentation-7.nii.gz]
 
-The volume goes through the same code as training data (preprocessing/nifti.py, slices.py,
+The work is done by pipeline/inference.py, shared with the full-volume evaluation. The volume goes
+through the same code as training data (preprocessing/nifti.py, slices.py,
 examples.py) and the model's `serving_default` signature (which holds the Transform graph), so
 inference sees the pixels training saw. It is read as the ExampleGen reads it (stored values,
 header scaling applied slice by slice after resampling), so the int16 slices sent to the model
@@ -23,152 +24,24 @@ the model never saw (cropped away by a target spacing) get 0 in every channel: b
 Bad input (a missing, truncated or non-NIfTI file, a 4-D volume, NaNs, a label of another shape
 or with other values, a missing or broken model directory, an unwritable output) ends with one
 line on stderr, `predict.py: error: <file>: <reason>`, and exit status 1, no traceback.
+
+--model, --input, --label and --output may be URIs (gs://, s3://; preprocessing/storage.py): the
+volume is read by the ExampleGen's own reader, the SavedModel by tf.saved_model.load, and the
+mask serialized by nibabel in memory (gzip for a .gz name) and written as one file.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
-import os
 import sys
 import time
-from typing import Callable, List, Optional, Tuple
 
-import nibabel as nib
 import numpy as np
 
-from preprocessing.examples import slice_to_example
-from preprocessing.nifti import CanonicalCase, CaseError, CaseFiles, canonicalize_case, read_case
-from preprocessing.slices import (SliceConfig, SliceRecord, model_grid_to_canonical,
-                                  volume_to_model_input)
-from schema.contract import MODEL_SLICE_CONFIG_FILE
+from pipeline.inference import (CaseError, check_model_dir, check_output, load_input,
+                                load_model, segment_case, to_source_orientation)
 
-# Serialized tf.Examples (ExampleGen format) -> float32 probabilities [B, H, W, C].
-ServeFn = Callable[[List[bytes]], np.ndarray]
 EXIT_BAD_INPUT = 1
-
-
-def check_model_dir(model_dir: str) -> None:
-    """Cheap checks of --model, before any TensorFlow import (a typo fails in a second)."""
-    if not os.path.isdir(model_dir):
-        raise CaseError(model_dir, "model directory not found")
-    if not any(os.path.isfile(os.path.join(model_dir, name))
-               for name in ("saved_model.pb", "saved_model.pbtxt")):
-        raise CaseError(model_dir, "not a SavedModel directory (no saved_model.pb)")
-
-
-def check_output(output_path: str) -> None:
-    """The mask's folder must exist: found before inference, not after it."""
-    folder = os.path.dirname(os.path.abspath(output_path))
-    if not os.path.isdir(folder):
-        raise CaseError(output_path, f"cannot write the mask: folder {folder} not found")
-
-
-def load_slice_config(model_dir: str) -> SliceConfig:
-    path = os.path.join(model_dir, MODEL_SLICE_CONFIG_FILE)
-    try:
-        with open(path) as f:
-            return SliceConfig.from_dict(json.load(f))
-    except FileNotFoundError as e:
-        raise CaseError(path, "slice config not found (not a model exported by this "
-                              "pipeline's Trainer)") from e
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise CaseError(path, f"invalid slice config ({type(e).__name__}: {e})") from e
-
-
-def serving_function(model) -> ServeFn:
-    """The SavedModel's `serving_default` signature as a ServeFn."""
-    import tensorflow as tf
-    signature = model.signatures["serving_default"]
-
-    def serve(batch: List[bytes], _model=model) -> np.ndarray:   # _model: keeps it alive
-        return np.asarray(signature(examples=tf.constant(batch))["probabilities"])
-    return serve
-
-
-def load_model(model_dir: str) -> Tuple[ServeFn, SliceConfig]:
-    """(the model's serving function, the SliceConfig it was trained with); CaseError naming the
-    directory when it is not a usable exported model."""
-    check_model_dir(model_dir)
-    config = load_slice_config(model_dir)
-    import tensorflow as tf
-    try:
-        model = tf.saved_model.load(model_dir)
-    except Exception as e:   # TF raises several types for a broken SavedModel
-        raise CaseError(model_dir, f"cannot load the SavedModel ({type(e).__name__}: {e})") from e
-    if "serving_default" not in model.signatures:
-        raise CaseError(model_dir, "the SavedModel has no serving_default signature")
-    return serving_function(model), config
-
-
-def load_input(input_path: str, label_path: Optional[str] = None) -> CanonicalCase:
-    """The volume (and ground truth) read, checked and reoriented exactly as the ExampleGen does
-    (preprocessing/case_conversion.py case_examples): stored values kept, HU scaling applied per
-    slice after resampling, so the model gets the training pixels bit for bit. CaseError (file,
-    reason) on any bad input."""
-    case_id = os.path.basename(input_path).split(".nii")[0]
-    return canonicalize_case(read_case(CaseFiles(case_id, input_path, label_path)), hu=False)
-
-
-def predict_probabilities(serve: ServeFn, case: CanonicalCase, config: SliceConfig,
-                          batch_size: int = 16) -> np.ndarray:
-    """Class probabilities per voxel of the canonical volume [X, Y, Z, C] (C = the model's
-    output channels: 1 liver, or 3 background / liver / tumour)."""
-    # Labels play no part in inference (they would only be resampled for nothing).
-    stacks = volume_to_model_input(dataclasses.replace(case, labels=None), config)  # [Z,H,W,K]
-    probs = []
-    for start in range(0, len(stacks), batch_size):
-        batch = [slice_to_example(case.case_id, case.spacing,
-                                  SliceRecord(image=s, label=None, slice_index=start + i,
-                                              num_slices=len(stacks))).SerializeToString()
-                 for i, s in enumerate(stacks[start:start + batch_size])]
-        probs.append(serve(batch))
-    display = np.transpose(np.concatenate(probs), (1, 2, 0, 3))    # [H, W, Z, C]
-    # The exact inverse of the ExampleGen's resampling (field of view or target spacing), one
-    # channel at a time.
-    return np.stack([model_grid_to_canonical(display[..., c], case, config, order=1)
-                     for c in range(display.shape[-1])], axis=-1)
-
-
-def probabilities_to_labels(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """[..., C] probabilities -> uint8 labels: C == 1 thresholded (0/1), C > 1 argmax (0/1/2)."""
-    from models.metrics import class_map   # imports Keras: not needed to reject bad input
-    return class_map(probs, threshold).astype(np.uint8)
-
-
-def to_source_orientation(canonical: np.ndarray, case) -> np.ndarray:
-    """Canonical RAS+ array -> the input file's own axis order and directions."""
-    transform = nib.orientations.ornt_transform(nib.io_orientation(case.affine),
-                                                nib.io_orientation(case.source_affine))
-    return nib.orientations.apply_orientation(canonical, transform)
-
-
-def segment_case(serve: ServeFn, config: SliceConfig, case: CanonicalCase, input_path: str,
-                 output_path: str, threshold: float = 0.5, batch_size: int = 16):
-    """Writes the label map of a loaded case (load_input) to `output_path` with the input's
-    header; returns it (the input's grid) and the model's output channels."""
-    probs = predict_probabilities(serve, case, config, batch_size)
-    mask = to_source_orientation(probabilities_to_labels(probs, threshold), case)
-    assert mask.shape == case.source_shape
-    image = nib.load(input_path)
-    out = nib.Nifti1Image(mask, case.source_affine, header=image.header)
-    out.set_data_dtype(np.uint8)
-    out.header.set_slope_inter(1, 0)
-    try:
-        nib.save(out, output_path)
-    except OSError as e:
-        raise CaseError(output_path, f"cannot write the mask ({type(e).__name__}: {e})") from e
-    return mask, probs.shape[-1]
-
-
-def segment_volume(model_dir: str, input_path: str, output_path: str,
-                   threshold: float = 0.5, batch_size: int = 16):
-    """Writes the label map; returns it (the input's grid) and the model's output channels."""
-    check_model_dir(model_dir)          # before reading a large volume
-    case = load_input(input_path)
-    serve, config = load_model(model_dir)
-    return segment_case(serve, config, case, input_path, output_path, threshold, batch_size)
 
 
 def _one_line(text: str) -> str:

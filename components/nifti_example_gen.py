@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from typing import Any, Dict, Optional, Union
 
 import apache_beam as beam
@@ -30,6 +29,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from preprocessing import storage
 from preprocessing.beam_convert import convert_cases
 from preprocessing.conversion_plan import ConversionPlan, plan_conversion
 from preprocessing.conversion_report import check_conversion, summarize_conversion, write_lines
@@ -102,8 +102,8 @@ class Executor(BaseExampleGenExecutor):
             pipeline, plan.cases, plan.errors, [TRAIN, EVAL], settings.slices,
             prefetch=settings.prefetch)
         if report_dir:
-            write_lines(quarantine, os.path.join(report_dir, QUARANTINE_FILE), "Quarantine")
-            write_lines(summaries, os.path.join(report_dir, CASES_FILE), "CaseSummaries")
+            write_lines(quarantine, storage.join(report_dir, QUARANTINE_FILE), "Quarantine")
+            write_lines(summaries, storage.join(report_dir, CASES_FILE), "CaseSummaries")
         return examples
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
@@ -122,7 +122,7 @@ class Executor(BaseExampleGenExecutor):
         examples_artifact.split_names = artifact_utils.encode_split_names(split_names)
 
         plan = self._plan(settings, exec_properties)
-        temp_dir = os.path.join(examples_artifact.uri, TEMP_DIR_NAME)
+        temp_dir = storage.join(examples_artifact.uri, TEMP_DIR_NAME)
         try:
             with self._make_beam_pipeline() as pipeline:
                 examples = self._convert(pipeline, settings, plan, report_dir)
@@ -166,10 +166,9 @@ class NiftiExampleGen(FileBasedExampleGen):
         pattern = "*.nii*"
         manifest = settings.manifest_path(input_base)
         if manifest:
-            if "://" not in manifest:
-                manifest = os.path.abspath(manifest)
+            manifest = storage.absolute(manifest)   # a URI (gs://...) stays as it is
             settings = dataclasses.replace(settings, manifest=manifest)
-            input_base, pattern = os.path.dirname(manifest), os.path.basename(manifest)
+            input_base, pattern = storage.dirname(manifest), storage.basename(manifest)
         super().__init__(
             input_base=input_base,
             # The driver fingerprints these files for caching; the executor pairs them itself.

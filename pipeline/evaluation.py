@@ -4,6 +4,7 @@ liver presence, against the last blessed model. With classes="liver_tumor" the t
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import tensorflow_model_analysis as tfma
 
@@ -14,16 +15,18 @@ from schema.contract import PROBABILITIES, SIGNATURE_TRANSFORMED
 SLICE_FEATURES = (F.VOLUME_ID, F.HAS_TUMOR, F.HAS_LIVER)
 
 
-def make_eval_config(dice_lower_bound: float, dice_change_tolerance: float,
+def make_eval_config(dice_lower_bound: float, dice_change_tolerance: Optional[float],
                      threshold: float = 0.5, classes: str = "liver") -> tfma.EvalConfig:
     """`classes` is TransformConfig.classes: "liver" (one sigmoid channel) or "liver_tumor"
-    (softmax over background / liver / tumour; scored by argmax, `threshold` unused)."""
+    (softmax over background / liver / tumour; scored by argmax, `threshold` unused).
+    `dice_change_tolerance` None: no comparison with a baseline (a pipeline without one)."""
     F.check_classes(classes)
     dice_threshold = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": dice_lower_bound}),
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": dice_lower_bound}))
+    if dice_change_tolerance is not None:
         # The first run has no baseline and skips this; later runs must not get worse than
         # the last blessed model by more than the tolerance.
-        change_threshold=tfma.GenericChangeThreshold(
+        dice_threshold.change_threshold.CopyFrom(tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
             absolute={"value": -dice_change_tolerance}))
     return tfma.EvalConfig(

@@ -1,8 +1,10 @@
 """create_pipeline(): the TFX graph, the same for every runner.
 
-NiftiExampleGen -> StatisticsGen + ExampleValidator (against schema/schema.pbtxt, imported)
--> AnomaliesGate (stops the run on any anomaly) -> Transform -> Trainer -> Evaluator (vs. the
-latest blessed model) -> Pusher. One small builder per stage; create_pipeline() wires them.
+NiftiExampleGen -> StatisticsGen + ExampleValidator (against schema/schema.pbtxt, copied from the
+installed package by PackagedSchemaGen) -> AnomaliesGate (stops the run on any anomaly) ->
+Transform -> Trainer -> Evaluator (vs. the latest blessed model) -> Pusher. One small builder per
+stage; create_pipeline() wires them. StatisticsGen, Transform and Evaluator read examples in
+byte-sized batches (components/byte_size_batching.py) under every runner.
 """
 from __future__ import annotations
 
@@ -11,19 +13,21 @@ from typing import Optional
 from tfx import v1 as tfx
 from tfx.orchestration import pipeline as tfx_pipeline
 
+from components.byte_size_batching import with_byte_size_batching
 from components.nifti_example_gen import NiftiExampleGen
+from components.packaged_schema_gen import PackagedSchemaGen
 from pipeline.configs import PipelineConfig
 from pipeline.evaluation import make_eval_config
 from pipeline.validation import validation_components
 from preprocessing.features import check_classes
-from schema import SCHEMA_PATH
+from schema import schema_sha256
 
 TRANSFORM_FN = "preprocessing.transform.preprocessing_fn"
 RUN_FN = "trainer.run.run_fn"
 
 
 def _transform(config: PipelineConfig, examples, schema, image_shape, classes: str):
-    return tfx.components.Transform(
+    transform = tfx.components.Transform(
         examples=examples, schema=schema, preprocessing_fn=TRANSFORM_FN,
         custom_config={"image_shape": image_shape,
                        "window": list(config.example_gen.slices.window),
@@ -35,6 +39,7 @@ def _transform(config: PipelineConfig, examples, schema, image_shape, classes: s
         # Materialized on purpose: Trainer and Evaluator read the transformed examples, so the
         # decode + normalize runs once per example instead of once per epoch.
         materialize=True)
+    return with_byte_size_batching(transform)
 
 
 def _trainer(config: PipelineConfig, transform, schema, image_shape):
@@ -51,40 +56,53 @@ def _trainer(config: PipelineConfig, transform, schema, image_shape):
                        "slice": config.example_gen.slices.to_dict()})
 
 
-def _evaluate_and_push(config: PipelineConfig, transform, trainer, classes: str):
-    """The candidate against the last blessed model, and the Pusher that ships only a blessed
-    one."""
-    model_resolver = tfx.dsl.Resolver(
+def _baseline_resolver():
+    return tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
-    evaluator = tfx.components.Evaluator(
+
+
+def _evaluate_and_push(config: PipelineConfig, transform, trainer, classes: str,
+                       with_baseline: bool):
+    """The candidate against the last blessed model (with_baseline) or against the absolute
+    Dice bar alone, and the Pusher that ships only a blessed one."""
+    # Without a baseline the compiled config holds no change threshold: it says what is checked.
+    eval_config = make_eval_config(
+        config.evaluation.dice_lower_bound,
+        config.evaluation.dice_change_tolerance if with_baseline else None, classes=classes)
+    model_resolver = _baseline_resolver() if with_baseline else None
+    evaluator = with_byte_size_batching(tfx.components.Evaluator(
         examples=transform.outputs["transformed_examples"],
         model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"],
-        eval_config=make_eval_config(config.evaluation.dice_lower_bound,
-                                     config.evaluation.dice_change_tolerance, classes=classes))
+        baseline_model=model_resolver.outputs["model"] if model_resolver else None,
+        eval_config=eval_config))
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=config.serving_dir)))
-    return [model_resolver, evaluator, pusher]
+    return [c for c in (model_resolver, evaluator, pusher) if c is not None]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
-                    beam_pipeline_args: Optional[list] = None) -> tfx_pipeline.Pipeline:
+                    beam_pipeline_args: Optional[list] = None,
+                    with_baseline: bool = True) -> tfx_pipeline.Pipeline:
+    """with_baseline=False leaves out the resolver of the last blessed model (for orchestrators
+    that cannot run TFX resolvers, e.g. open-source Kubeflow Pipelines): the Evaluator then
+    blesses on the absolute Dice bar alone."""
     slices = config.example_gen.slices
     image_shape = [slices.size[0], slices.size[1], slices.channels]
     # Fails here, at compile time, rather than inside the Transform run.
     classes = check_classes(config.transform.classes)
 
     example_gen = NiftiExampleGen(input_base=config.input_base, settings=config.example_gen)
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=SCHEMA_PATH)
+    schema_gen = PackagedSchemaGen(expected_sha256=schema_sha256())
     examples, schema = example_gen.outputs["examples"], schema_gen.outputs["schema"]
     checks = validation_components(examples, schema)   # StatisticsGen, ExampleValidator, gate
+    with_byte_size_batching(checks[0])                  # the StatisticsGen
     transform = _transform(config, examples, schema, image_shape, classes)
     # Bad data stops the run here: Transform waits for the validation gate.
     transform.add_upstream_node(checks[-1])
@@ -93,7 +111,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, schema_gen, *checks, transform, trainer,
-                    *_evaluate_and_push(config, transform, trainer, classes)],
+                    *_evaluate_and_push(config, transform, trainer, classes, with_baseline)],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=(beam_pipeline_args if beam_pipeline_args is not None

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from preprocessing import storage
 from schema.contract import CONVERSION_SUMMARY_FILE, TRAINING_REPORT_FILE
 
 _STATES = {metadata_store_pb2.Execution.COMPLETE: "ran",
@@ -87,6 +88,16 @@ def _open_store(metadata_path: str):
     return metadata_store.MetadataStore(config)
 
 
+def _read_json_report(path: str) -> Optional[Any]:
+    """A report file an artifact holds (the artifact may be a URI: gs://...); None if absent."""
+    if not storage.exists(path):
+        return None
+    return json.loads(storage.read_text(path))
+
+
+# The ML Metadata store is a local SQLite file by nature (SQLite opens local files only), so its
+# path is checked with os.path; the artifacts it records may live anywhere.
+
 def latest_run_id(metadata_path: str) -> Optional[int]:
     if not os.path.exists(metadata_path):
         return None
@@ -122,10 +133,8 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None,
                                "component_seconds": seconds}
     # Raw and transformed examples share the type; the ExampleGen's carry the conversion summary.
     for examples in (a for a in artifacts if artifact_types[a.type_id] == "Examples"):
-        path = os.path.join(examples.uri, CONVERSION_SUMMARY_FILE)
-        if os.path.exists(path):
-            with open(path) as f:
-                conversion = json.load(f)
+        conversion = _read_json_report(storage.join(examples.uri, CONVERSION_SUMMARY_FILE))
+        if conversion is not None:
             summary["examples_per_split"] = conversion["examples_per_split"]
             summary["cases_per_split"] = {k: len(v) for k, v in
                                           conversion["cases_per_split"].items()}
@@ -134,10 +143,10 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None,
         summary["model_uri"] = latest["Model"].uri
     if "ModelRun" in latest:
         summary["tensorboard_logdir"] = latest["ModelRun"].uri
-        path = os.path.join(latest["ModelRun"].uri, TRAINING_REPORT_FILE)
-        if os.path.exists(path):
-            with open(path) as f:
-                summary["training"] = json.load(f)
+        training = _read_json_report(storage.join(latest["ModelRun"].uri,
+                                                  TRAINING_REPORT_FILE))
+        if training is not None:
+            summary["training"] = training
     evaluation = latest.get("ModelEvaluation") if with_evaluation else None
     if evaluation:
         metrics = read_eval_metrics(evaluation.uri)

@@ -4,7 +4,6 @@ naming each anomaly. ExampleValidator alone only records anomalies and lets the 
 
 (No `from __future__ import annotations` here: the @component decorator reads the real types.)"""
 
-import os
 from typing import List, Tuple
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2
@@ -12,6 +11,8 @@ from tfx import v1 as tfx
 from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
+
+from preprocessing import storage
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 
@@ -22,11 +23,11 @@ def _reasons(info) -> str:
 
 
 def describe_anomalies(anomalies_uri: str, split_names: List[str]) -> List[str]:
-    """One line per anomaly: split, feature, what is wrong."""
+    """One line per anomaly: split, feature, what is wrong. The artifact may be a URI (gs://)."""
     problems = []
     for split in split_names:
-        with open(os.path.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE), "rb") as f:
-            anomalies = anomalies_pb2.Anomalies.FromString(f.read())
+        anomalies = anomalies_pb2.Anomalies.FromString(storage.read_bytes(
+            storage.join(anomalies_uri, f"Split-{split}", ANOMALIES_FILE)))
         for feature, info in sorted(anomalies.anomaly_info.items()):
             problems.append(f"[{split}] feature '{feature}': {_reasons(info)}")
         if anomalies.HasField("dataset_anomaly_info"):

@@ -1,6 +1,10 @@
 """The conversion's reports and checks: JSON lines written from the pipeline (`write_lines`), the
 summary counted from them once the run is done (`summarize_conversion`) and the checks on it
-(`check_conversion`)."""
+(`check_conversion`).
+
+The JSON lines are written by Beam's sink (Beam's filesystems: local, gs://, s3:// with
+apache-beam[aws]); the summary reads and writes them through preprocessing/storage.py like every
+other file the pipeline touches outside a Beam sink."""
 from __future__ import annotations
 
 import json
@@ -8,9 +12,8 @@ import logging
 from typing import Any, Dict, List, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from preprocessing import storage
 from preprocessing.splits import EVAL, TRAIN
 from schema.contract import CASES_FILE, CONVERSION_SUMMARY_FILE, QUARANTINE_FILE
 
@@ -22,15 +25,14 @@ def write_lines(pcoll: beam.PCollection, path: str, label: str):
 
 
 def _read_jsonl(path: str) -> List[dict]:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def summarize_conversion(report_dir: str, input_cases: int,
                          splits: Sequence[str] = (TRAIN, EVAL)) -> Dict[str, Any]:
     """Counts what the Beam run wrote, writes CONVERSION_SUMMARY_FILE and logs it."""
-    cases = _read_jsonl(FileSystems.join(report_dir, CASES_FILE))
-    quarantined = _read_jsonl(FileSystems.join(report_dir, QUARANTINE_FILE))
+    cases = _read_jsonl(storage.join(report_dir, CASES_FILE))
+    quarantined = _read_jsonl(storage.join(report_dir, QUARANTINE_FILE))
     summary = {
         "input_cases": input_cases,
         "cases_converted": len(cases),
@@ -43,9 +45,8 @@ def summarize_conversion(report_dir: str, input_cases: int,
         "unlabelled_cases": sorted(c["case_id"] for c in cases if not c.get("labelled", True)),
         "quarantined": quarantined,
     }
-    with FileSystems.create(FileSystems.join(report_dir, CONVERSION_SUMMARY_FILE),
-                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(json.dumps(summary, indent=2).encode())
+    storage.write_text(storage.join(report_dir, CONVERSION_SUMMARY_FILE),
+                       json.dumps(summary, indent=2))
     logging.info("Conversion: %d input cases = %d converted + %d quarantined; examples %s",
                  input_cases, len(cases), len(quarantined), summary["examples_per_split"])
     for q in quarantined:

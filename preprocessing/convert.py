@@ -12,15 +12,14 @@ OUTPUT/conversion_summary.json and OUTPUT/slice_config.json. Exits 1, naming the
 than --max_bad_fraction of the cases are bad (or none is left); the outputs are written anyway so
 the quarantine report can be read. Beam runs in-process (`--direct_running_mode=in_memory`)
 unless --beam_arg says otherwise, e.g. --beam_arg=--direct_running_mode=multi_processing
---beam_arg=--direct_num_workers=4.
+--beam_arg=--direct_num_workers=4. Input and output may be URIs (gs://, s3://): the inputs are
+read through preprocessing/storage.py, the shards and reports written by Beam's filesystems.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
-import os
 import sys
 import time
 from typing import List, Optional, Sequence
@@ -35,6 +34,7 @@ warnings.filterwarnings("ignore", message="You are using a non-supported Python 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from preprocessing import storage
 from preprocessing.beam_convert import add_conversion
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_report import check_conversion, summarize_conversion
@@ -102,7 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> ConversionSettings:
     return ConversionSettings(
         slices=slice_config, eval_fraction=args.eval_fraction, split_seed=args.split_seed,
         eval_cases=eval_cases, max_bad_fraction=args.max_bad_fraction,
-        manifest=os.path.abspath(args.manifest) if args.manifest else None,
+        manifest=storage.absolute(args.manifest) if args.manifest else None,
         allow_unlabeled=args.allow_unlabeled, compression_level=args.compression_level,
         compress_threads=args.compress_threads, prefetch=not args.no_prefetch)
 
@@ -116,29 +116,36 @@ def beam_options(beam_args: List[str]) -> PipelineOptions:
     return PipelineOptions(args)
 
 
+def earlier_outputs(split_dirs: List[str]) -> List[str]:
+    """Files an earlier run left in the split folders (hidden names aside, as a shell glob)."""
+    return [storage.join(d, name) for d in split_dirs if storage.isdir(d)
+            for name in sorted(storage.listdir(d)) if not name.startswith(".")]
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     slice_config = settings.slices
-    output = os.path.abspath(args.output)
-    split_dirs = {s: os.path.join(output, s) for s in SPLITS}
-    old = [f for d in split_dirs.values() for f in glob.glob(os.path.join(d, "*"))]
+    output = storage.absolute(args.output)   # a local folder or a URI (gs://, s3://)
+    split_dirs = {s: storage.join(output, s) for s in SPLITS}
+    old = earlier_outputs(list(split_dirs.values()))
     if old and not args.overwrite:
         logging.error("%s already holds %d files from an earlier run; pass --overwrite",
                       output, len(old))
         return 2
     for f in old:
-        os.remove(f)
-    os.makedirs(output, exist_ok=True)
+        storage.remove_tree(f)
+    storage.makedirs(output)
 
     try:
-        plan = plan_conversion(settings, args.data_root)
+        plan = plan_conversion(settings,
+                               storage.absolute(args.data_root) if args.data_root else None)
     except (OSError, ValueError) as e:
         logging.error("Cannot read the input: %s", e)
         return 2
     logging.info("Converting %d cases (%d train, %d eval, %d rejected before reading) to %s; "
                  "slices %s", plan.input_cases, plan.cases_in(TRAIN), plan.cases_in(EVAL),
                  len(plan.errors), output, slice_config)
-    temp_dir = os.path.join(output, ".tmp")
+    temp_dir = storage.join(output, ".tmp")
     start = time.time()
     try:
         with beam.Pipeline(options=beam_options(args.beam_arg)) as pipeline:
@@ -149,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
                            seed=settings.split_seed, prefetch=settings.prefetch)
     finally:
         remove_temp_dir(temp_dir)
-    with open(os.path.join(output, RECORDS_SLICE_CONFIG_FILE), "w") as f:
-        json.dump(slice_config.to_dict(), f, indent=2)
+    storage.write_text(storage.join(output, RECORDS_SLICE_CONFIG_FILE),
+                       json.dumps(slice_config.to_dict(), indent=2))
     summary = summarize_conversion(output, plan.input_cases, SPLITS)
     logging.info("Converted %d/%d cases, %d input slices -> examples %s in %.1f s",
                  summary["cases_converted"], summary["input_cases"], summary["input_slices"],
@@ -158,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_conversion(summary, settings.max_bad_fraction)
     except RuntimeError as e:
-        logging.error("%s (report: %s)", e, os.path.join(output, QUARANTINE_FILE))
+        logging.error("%s (report: %s)", e, storage.join(output, QUARANTINE_FILE))
         return 1
     return 0
 

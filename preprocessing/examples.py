@@ -1,15 +1,10 @@
 """SliceRecord -> tf.Example in the format of preprocessing/features.py. Used by the Beam
 conversion (training data) and by predict.py (serving requests), so both build the same bytes.
 
-Two serializers of the one message, both kept on purpose:
-* `example_bytes` writes the wire format directly (no proto objects, one copy of the pixels): the
-  conversion's, where serializing is a timed stage of every example written (the "serialize"
-  stage of bench/examplegen_throughput.py), and it needs no TensorFlow, so Beam workers that only
-  convert start without it.
-* `slice_to_example` builds the tf.train.Example proto: predict.py's serving requests (it has
-  TensorFlow loaded anyway) and the reference the fast path is checked against (parsing
-  `example_bytes` gives a message equal to `slice_to_example`'s; tests/test_nifti_slices.py).
-Their bytes may differ in map order only; what a parser reads is the same.
+One serializer: `example_bytes` writes the protobuf wire format directly (no proto objects, one
+copy of the pixels, no TensorFlow, so Beam workers that only convert start without it). Parsing
+its bytes gives the message a field-by-field tf.train.Example build gives (the reference in
+tests/slice_helpers.py; tests/test_nifti_slices.py).
 """
 from __future__ import annotations
 
@@ -22,50 +17,12 @@ from preprocessing import features as F
 from preprocessing.slices import SliceRecord
 
 
-def _bytes(v: bytes):
-    import tensorflow as tf
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-
-
-def _ints(v):
-    import tensorflow as tf
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in np.ravel(v)]))
-
-
-def _floats(v):
-    import tensorflow as tf
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(x) for x in np.ravel(v)]))
-
-
 def label_stats(label: np.ndarray):
     """(has_liver, has_tumor, liver_fraction, tumor_fraction) of one label slice."""
     n = label.size
     liver = int(np.count_nonzero(label))          # labels are 0, 1, 2: liver incl. tumour
     tumor = int(np.count_nonzero(label == 2))
     return int(liver > 0), int(tumor > 0), liver / n, tumor / n
-
-
-def slice_to_example(case_id: str, spacing, record: SliceRecord):
-    """One SliceRecord as a tf.Example in the format described in preprocessing/features.py."""
-    import tensorflow as tf
-    feats = {
-        F.IMAGE: _bytes(record.image.astype(F.IMAGE_DTYPE, copy=False).tobytes()),
-        F.IMAGE_SHAPE: _ints(record.image.shape),
-        F.VOLUME_ID: _bytes(case_id.encode()),
-        F.SLICE_INDEX: _ints(record.slice_index),
-        F.NUM_SLICES: _ints(record.num_slices),
-        F.SPACING: _floats(spacing),
-    }
-    if record.label is not None:
-        has_liver, has_tumor, liver_fraction, tumor_fraction = label_stats(record.label)
-        feats.update({
-            F.LABEL: _bytes(record.label.astype(F.LABEL_DTYPE, copy=False).tobytes()),
-            F.HAS_LIVER: _ints(has_liver),
-            F.HAS_TUMOR: _ints(has_tumor),
-            F.LIVER_FRACTION: _floats(liver_fraction),
-            F.TUMOR_FRACTION: _floats(tumor_fraction),
-        })
-    return tf.train.Example(features=tf.train.Features(feature=feats))
 
 
 # --- protobuf wire format, written directly ------------------------------------------------------

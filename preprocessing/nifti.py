@@ -7,16 +7,18 @@ Every failure raises `CaseError` naming the file and the reason; callers quarant
 Cases are found either by LiTS naming (`discover_lits_cases`: volume-N / segmentation-N in one
 folder) or from a CSV manifest (`discover_manifest_cases`: columns image, label, case_id).
 
-Reading is the conversion's floor, so the voxel data of a plain NIfTI-1/2 file (.nii or .nii.gz)
-is read in one go: the whole gzip stream inflated with one zlib call and viewed as an array without
-copies (nibabel's own reader streams through Python's gzip module, about 2x slower). nibabel still
-parses the header, and any file the fast path does not recognise is read by nibabel.
+Reading is the conversion's floor, so a NIfTI-1/2 file (.nii or .nii.gz) is read in one go, by
+the same code whether it is local or a URI (gs://, s3://, ram://; preprocessing/storage.py): its
+bytes read whole, the gzip stream (told by its magic bytes) inflated with one zlib call, the
+header parsed by nibabel from those bytes (`Nifti1Image.from_bytes`, so the header scaling is
+nibabel's own), and the voxel data viewed as an array without copies. nibabel's own reader
+streams through Python's gzip module, about 2x slower; no temporary copy is made on local disk.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import gzip
+import io
 import os
 import re
 import time
@@ -25,7 +27,8 @@ from typing import Dict, List, Optional, Tuple
 
 import nibabel as nib
 import numpy as np
-from nibabel.arrayproxy import ArrayProxy
+
+from preprocessing import storage
 
 VALID_LABELS = (0, 1, 2)
 # Tolerances for "same geometry": the affine of mask and volume may differ by rounding only.
@@ -71,6 +74,8 @@ class CanonicalCase:
     # view, HU = stored * scaling[0] + scaling[1]): slices.py scales after resampling.
     stored: Optional[np.ndarray] = None
     scaling: Tuple[float, float] = (1.0, 0.0)
+    # The image file's header (nibabel), for writing a mask in the input's grid (predict.py).
+    source_header: Optional[nib.Nifti1Header] = None
 
 
 # --- finding cases -------------------------------------------------------------------------------
@@ -85,16 +90,16 @@ def discover_lits_cases(data_root: str) -> Tuple[List[CaseFiles], List[CaseError
     segmentation without a volume, or the same N twice), so such cases are counted, not lost.
     """
     volumes, segmentations, errors = {}, {}, []
-    for name in sorted(os.listdir(data_root)):
+    for name in sorted(storage.listdir(data_root)):
         match = _LITS_NAME.match(name)
         if not match:
             continue
         kind, number = match.group(1), int(match.group(2))
         table = volumes if kind == "volume" else segmentations
-        path = os.path.join(data_root, name)
+        path = storage.join(data_root, name)
         if number in table:
             errors.append(CaseError(path, f"duplicate case id {kind}-{number} "
-                                          f"(also {os.path.basename(table[number])})",
+                                          f"(also {storage.basename(table[number])})",
                                     f"volume-{number}"))
             continue
         table[number] = path
@@ -113,40 +118,39 @@ def discover_lits_cases(data_root: str) -> Tuple[List[CaseFiles], List[CaseError
 
 
 def _case_id_from_path(path: str) -> str:
-    name = os.path.basename(path)
+    name = storage.basename(path)
     for suffix in (".nii.gz", ".nii"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return os.path.splitext(name)[0]
 
 
+def _manifest_rows(csv_path: str) -> List[Dict[str, str]]:
+    """The CSV's rows, keys and values stripped. ValueError without an `image` column."""
+    text = storage.read_text(csv_path, encoding="utf-8-sig")   # -sig: spreadsheets' BOM
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    if "image" not in columns:
+        raise ValueError(f"{csv_path}: manifest needs an 'image' column "
+                         f"(and 'label', optional 'case_id'); found {columns}")
+    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+
+
 def discover_manifest_cases(csv_path: str, allow_unlabeled: bool = False
                             ) -> Tuple[List[CaseFiles], List[CaseError]]:
     """Cases listed in a CSV manifest with columns `image`, `label` (may be empty) and an optional
     `case_id` (default: the image file name without .nii[.gz]). Relative paths are relative to
-    the CSV's folder.
+    the CSV's folder, which may be a URI (gs://bucket/lists/m.csv: ../data/v.nii.gz is
+    gs://bucket/data/v.nii.gz).
 
     Every row is one input case: a row without a label is an error unless `allow_unlabeled` (then
     it is an inference-only case, converted without label features), a row without an image is
     an error, and rows that share a case id are all errors (which of them is right cannot be
     told). Raises ValueError when the file has no `image` column.
     """
-    folder = os.path.dirname(os.path.abspath(csv_path))
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:   # -sig: spreadsheets' BOM
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "image" not in columns:
-            raise ValueError(f"{csv_path}: manifest needs an 'image' column "
-                             f"(and 'label', optional 'case_id'); found {columns}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                for row in reader]
-
-    def resolve(p: str) -> str:
-        p = os.path.expanduser(p)
-        return p if os.path.isabs(p) or "://" in p else os.path.normpath(os.path.join(folder, p))
-
+    folder = storage.dirname(storage.absolute(csv_path))
     parsed, errors = [], []
-    for line, row in enumerate(rows, start=2):   # line 1 is the header
+    for line, row in enumerate(_manifest_rows(csv_path), start=2):   # line 1 is the header
         image, label = row.get("image", ""), row.get("label", "")
         if not image and not label and not row.get("case_id"):
             continue   # blank line
@@ -155,9 +159,10 @@ def discover_manifest_cases(csv_path: str, allow_unlabeled: bool = False
             errors.append(CaseError(where, "manifest row without an image",
                                     row.get("case_id") or f"row-{line}"))
             continue
-        image = resolve(image)
+        image = storage.resolve(folder, image)
         case_id = row.get("case_id") or _case_id_from_path(image)
-        parsed.append((line, CaseFiles(case_id, image, resolve(label) if label else None)))
+        parsed.append((line, CaseFiles(case_id, image,
+                                       storage.resolve(folder, label) if label else None)))
 
     lines_of: Dict[str, List[int]] = {}
     for line, files in parsed:
@@ -180,20 +185,14 @@ def discover_manifest_cases(csv_path: str, allow_unlabeled: bool = False
 
 # --- reading -------------------------------------------------------------------------------------
 
-def _load_nifti(path: str) -> nib.Nifti1Image:
-    if not os.path.exists(path):
-        raise CaseError(path, "file not found")
+def _read_file(path: str, case_id: Optional[str]) -> bytes:
+    """The file's bytes (local, gs://, s3://, ram://: preprocessing/storage.py)."""
     try:
-        img = nib.load(path)
-    except Exception as e:  # nibabel raises several types for bad headers
-        raise CaseError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise CaseError(path, f"not a NIfTI image ({type(img).__name__})")
-    if len(img.shape) != 3:
-        raise CaseError(path, f"expected a 3-D volume, got shape {img.shape}")
-    if min(img.shape) < 1:
-        raise CaseError(path, f"empty volume, shape {img.shape}")
-    return img
+        return storage.read_bytes(path)
+    except FileNotFoundError as e:
+        raise CaseError(path, "file not found", case_id) from e
+    except OSError as e:
+        raise CaseError(path, f"cannot read the file ({type(e).__name__}: {e})", case_id) from e
 
 
 def _inflate_all(data: bytes) -> bytes:
@@ -210,31 +209,67 @@ def _inflate_all(data: bytes) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _read_stored(img: nib.Nifti1Image, path: str, case_id: str
-                 ) -> Tuple[np.ndarray, float, float]:
-    """The voxel data as stored (on-disk dtype, F-order [i, j, k]) plus the header's scaling
-    (HU = stored * slope + inter). Truncated or corrupt data raises CaseError."""
-    proxy = img.dataobj
+def _decompressed(data: bytes, path: str, case_id: Optional[str]) -> bytes:
+    """Gzip is told by its magic bytes, not by the name: a .nii may hold gzip data and a .nii.gz
+    plain data. The whole stream is inflated with one zlib call (releases the GIL; nibabel's own
+    reader streams through Python's gzip module, about 2x slower)."""
+    if data[:2] != _GZIP_MAGIC:
+        return data
     try:
-        if (isinstance(proxy, ArrayProxy) and isinstance(proxy.file_like, str)
-                and proxy.order == "F" and proxy.file_like == path):
-            dtype = np.dtype(proxy.dtype)
-            count = int(np.prod(proxy.shape))
-            with open(path, "rb") as f:
-                raw = f.read()
-            if raw[:2] == _GZIP_MAGIC:
-                raw = _inflate_all(raw)
-            if len(raw) < proxy.offset + count * dtype.itemsize:
-                raise EOFError(f"{len(raw)} bytes, the header needs "
-                               f"{proxy.offset + count * dtype.itemsize}")
-            stored = np.frombuffer(raw, dtype, count, proxy.offset).reshape(proxy.shape,
-                                                                            order="F")
-            slope, inter = float(proxy.slope), float(proxy.inter)
-        else:   # anything unusual: let nibabel read it (scaling applied by nibabel)
-            stored, slope, inter = np.asarray(img.get_fdata(dtype=np.float32)), 1.0, 0.0
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as e:
+        return _inflate_all(data)
+    except (EOFError, zlib.error) as e:
         raise CaseError(path, f"truncated or corrupt data ({type(e).__name__}: {e})",
                         case_id) from e
+
+
+def _nifti_class(data: bytes):
+    """Nifti1Image or Nifti2Image by the header's own markers (nibabel's sniffing), else None."""
+    for klass in (nib.Nifti1Image, nib.Nifti2Image):
+        header_class = klass.header_class
+        if header_class.may_contain_header(data[:header_class.sizeof_hdr]):
+            return klass
+    return None
+
+
+def _load_nifti(path: str, case_id: Optional[str] = None) -> Tuple[nib.Nifti1Image, bytes]:
+    """(the image parsed by nibabel from the file's bytes, the decompressed bytes). The same
+    code for local files and URIs: no temporary copy on local disk."""
+    data = _decompressed(_read_file(path, case_id), path, case_id)
+    klass = _nifti_class(data)
+    if klass is None:
+        raise CaseError(path, "not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)",
+                        case_id)
+    try:
+        img = klass.from_bytes(data)
+    except Exception as e:  # nibabel raises several types for bad headers
+        raise CaseError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})",
+                        case_id) from e
+    if len(img.shape) != 3:
+        raise CaseError(path, f"expected a 3-D volume, got shape {img.shape}", case_id)
+    if min(img.shape) < 1:
+        raise CaseError(path, f"empty volume, shape {img.shape}", case_id)
+    return img, data
+
+
+def _read_stored(img: nib.Nifti1Image, data: bytes, path: str, case_id: str
+                 ) -> Tuple[np.ndarray, float, float]:
+    """The voxel data as stored (on-disk dtype, F-order [i, j, k]), viewed in `data` without a
+    copy, plus the header's scaling as nibabel reads it (HU = stored * slope + inter).
+    Truncated data raises CaseError."""
+    proxy = img.dataobj   # nibabel's ArrayProxy: offset, dtype, shape, order, scaling
+    dtype = np.dtype(proxy.dtype)
+    count = int(np.prod(proxy.shape))
+    needed = proxy.offset + count * dtype.itemsize
+    if len(data) < needed:
+        raise CaseError(path, f"truncated or corrupt data (EOFError: {len(data)} bytes, the "
+                              f"header needs {needed})", case_id)
+    try:
+        stored = np.frombuffer(data, dtype, count, proxy.offset).reshape(proxy.shape,
+                                                                        order=proxy.order)
+    except ValueError as e:
+        raise CaseError(path, f"truncated or corrupt data ({type(e).__name__}: {e})",
+                        case_id) from e
+    slope, inter = float(proxy.slope), float(proxy.inter)
     if not (np.isfinite(slope) and np.isfinite(inter)):
         raise CaseError(path, f"invalid scaling slope={slope} inter={inter}", case_id)
     return stored, slope, inter
@@ -292,11 +327,12 @@ def read_case(files: CaseFiles, timings: Optional[Dict[str, float]] = None) -> S
     """The I/O half of load_case (file read + gunzip + the header checks); zlib releases the GIL,
     so the conversion runs it in a thread for the next case while it resamples this one."""
     t = time.perf_counter()
-    image = _load_nifti(files.image_path)
-    stored, slope, inter = _read_stored(image, files.image_path, files.case_id)
+    image, data = _load_nifti(files.image_path, files.case_id)
+    stored, slope, inter = _read_stored(image, data, files.image_path, files.case_id)
+    del data   # `stored` views it
     label_stored = None
     if files.label_path is not None:
-        label_img = _load_nifti(files.label_path)
+        label_img, label_data = _load_nifti(files.label_path, files.case_id)
         if label_img.shape != image.shape:
             raise CaseError(files.label_path, f"shape {label_img.shape} differs from the "
                             f"volume's {image.shape}", files.case_id)
@@ -305,7 +341,7 @@ def read_case(files: CaseFiles, timings: Optional[Dict[str, float]] = None) -> S
             raise CaseError(files.label_path, "affine differs from the volume's "
                             f"(max difference {np.abs(label_img.affine - image.affine).max():.4g})",
                             files.case_id)
-        label_stored = _read_stored(label_img, files.label_path, files.case_id)
+        label_stored = _read_stored(label_img, label_data, files.label_path, files.case_id)
     _add(timings, "read", t)
     return StoredCase(files, image, stored, slope, inter, label_stored)
 
@@ -349,6 +385,7 @@ def canonicalize_case(raw: StoredCase, timings: Optional[Dict[str, float]] = Non
         source_shape=tuple(int(s) for s in image.shape),
         stored=None if hu else values,
         scaling=scaling,
+        source_header=image.header,
     )
 
 

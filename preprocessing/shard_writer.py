@@ -11,6 +11,8 @@ default level 6):
      seeded order and concatenated into one shard. Concatenated gzip members are one valid gzip
      stream (RFC 1952), read by tf.data, Beam and TFX like any .gz TFRecord file.
 The writer holds at most PENDING_BYTES of examples waiting for compression and one output shard.
+Files go through Beam's filesystems (local, gs://, s3:// with apache-beam[aws]; not TensorFlow's
+ram://), which every Beam worker has.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from preprocessing.conversion_settings import DEFAULT_COMPRESS_THREADS, DEFAULT_COMPRESSION_LEVEL
 from preprocessing.conversion_stages import COUNTER_NAMESPACE, StageCounters, lap
+from preprocessing.storage import is_uri
 
 # Serialized examples waiting for a compression thread, per split and worker (~100 examples of
 # 320x320x3): about the size of one volume as read, so memory stays about one volume per worker.
@@ -203,7 +206,7 @@ def write_examples(examples: Dict[str, beam.PCollection], split_dirs: Dict[str, 
 
 
 def remove_temp_dir(temp_dir: str):
-    if "://" in temp_dir:   # object stores delete a "folder" by its prefix
+    if is_uri(temp_dir):   # object stores delete a "folder" by its prefix
         temp_dir = temp_dir.rstrip("/") + "/"
     if FileSystems.exists(temp_dir):
         FileSystems.delete([temp_dir])

@@ -1,19 +1,257 @@
-"""kubeflow_runner.py compiles the same pipeline to a KFP v2 spec, offline."""
+"""kubeflow_runner.py compiles the pipeline for open-source Kubeflow Pipelines 2.x and for Vertex,
+offline: each file parses strictly as a KFP pipeline spec, every task runs in the given image,
+every class and module a task will import exists in this package, and nothing points at this
+machine. No cluster is involved."""
+from __future__ import annotations
+
+import importlib
 import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 
 import kubeflow_runner
+from pipeline import kubeflow_target as kt
+from schema import schema_sha256
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = "registry.example/unet3plus-tfx:test"
+ROOTS = ["--pipeline_root", "s3://b/root", "--data_root", "s3://b/lits",
+         "--serving_dir", "s3://b/serving"]
+RESOURCE_FLAGS = ["--trainer_gpus", "2", "--trainer_cpu", "8", "--trainer_memory", "64",
+                  "--beam_cpu", "4", "--beam_memory", "16"]
+COMPONENTS = ("NiftiExampleGen", "PackagedSchemaGen", "StatisticsGen", "ExampleValidator",
+              "AnomaliesGate", "Transform", "Trainer", "Evaluator", "Pusher")
+OUR_PACKAGES = ("components.", "pipeline.", "preprocessing.", "trainer.", "models.", "schema.")
+# name in the compile fixture -> (target, flags)
+VARIANTS = {
+    "kfp": ("kfp", RESOURCE_FLAGS + ["--beam_arg=--runner=DataflowRunner"]),
+    "kfp_plain": ("kfp", []),
+    "vertex": ("vertex", RESOURCE_FLAGS),
+    "vertex_plain": ("vertex", []),
+}
 
 
-def test_compiles_every_component(tmp_path):
-    out = tmp_path / "pipeline.json"
-    assert kubeflow_runner.main([
-        "--image", "registry.example/unet3plus-tfx:test", "--pipeline_root", "gs://b/root",
-        "--data_root", "gs://b/lits", "--serving_dir", "gs://b/serving",
-        "--output", str(out)]) == 0
-    spec = json.loads(out.read_text())
-    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
-    for component in ("NiftiExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
-                      "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator",
-                      "Pusher"):
-        assert any(component in name for name in tasks), (component, list(tasks))
-    assert "gs://b/root" in json.dumps(spec)
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """{variant: (document as written, its PipelineSpec dict, file text)}."""
+    out_dir = tmp_path_factory.mktemp("compiled")
+    result = {}
+    for name, (target, flags) in VARIANTS.items():
+        out = out_dir / f"{name}.{'yaml' if target == 'kfp' else 'json'}"
+        assert kubeflow_runner.main(["--image", IMAGE, *ROOTS, "--target", target,
+                                     "--output", str(out), *flags]) == 0
+        text = out.read_text()
+        document = yaml.safe_load(text)          # YAML and JSON alike
+        spec = document if target == "kfp" else document["pipelineSpec"]
+        result[name] = (document, spec, text)
+    return result
+
+
+def _executors(spec):
+    return spec["deploymentSpec"]["executors"]
+
+
+def _containers(spec):
+    return {name: e["container"] for name, e in _executors(spec).items() if "container" in e}
+
+
+def _param(spec, task: str, name: str) -> str:
+    """A task's constant string parameter, in schema 2.1 or 2.0 form."""
+    value = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]["runtimeValue"]
+    return value["constant"] if "constant" in value else value["constantValue"]["stringValue"]
+
+
+def _arg_after(args, flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_parses_strictly_as_a_pipeline_spec(compiled, name):
+    document, spec, text = compiled[name]
+    json_format.Parse(json.dumps(spec), pb.PipelineSpec(), ignore_unknown_fields=False)
+    if VARIANTS[name][0] == "kfp":
+        assert spec["schemaVersion"] == "2.1.0"
+        # The PipelineSpec alone, what kfp.Client().upload_pipeline takes.
+        assert "pipelineSpec" not in document and "runtimeConfig" not in document
+    else:
+        assert spec["schemaVersion"] == "2.0.0"
+        json_format.Parse(json.dumps(document), pb.PipelineJob(), ignore_unknown_fields=False)
+
+
+@pytest.mark.parametrize("name", ["kfp", "vertex"])
+def test_compiles_every_component(compiled, name):
+    tasks = compiled[name][1]["root"]["dag"]["tasks"]
+    for component in COMPONENTS:
+        assert component in tasks, (component, sorted(tasks))
+
+
+def test_kfp_has_no_resolver_and_no_change_threshold(compiled):
+    spec = compiled["kfp"][1]
+    assert not [n for n, e in _executors(spec).items() if "resolver" in e]
+    assert not [t for t in spec["root"]["dag"]["tasks"] if "resolver" in t]
+    eval_config = json.loads(_param(spec, "Evaluator", "eval_config"))
+    assert "change_threshold" not in json.dumps(eval_config)
+    assert "lower_bound" in json.dumps(eval_config)      # the absolute bar still gates
+
+
+def test_vertex_keeps_the_baseline_resolvers(compiled):
+    spec = compiled["vertex"][1]
+    resolvers = sorted(n for n, e in _executors(spec).items() if "resolver" in e)
+    assert resolvers == ["latest_blessed_model_resolver-model-blessing-resolver_executor",
+                         "latest_blessed_model_resolver-model-resolver_executor"]
+    assert "change_threshold" in _param(spec, "Evaluator", "eval_config")
+
+
+@pytest.mark.parametrize("name", ["kfp", "vertex"])
+def test_resources_from_flags(compiled, name):
+    containers = _containers(compiled[name][1])
+    gpu_type = kt.DEFAULT_GPU_TYPE[VARIANTS[name][0]]
+    assert containers["Trainer_executor"]["resources"] == {
+        "accelerator": {"count": "2", "type": gpu_type}, "cpuLimit": 8.0, "memoryLimit": 64.0}
+    for component in kubeflow_runner.BEAM_COMPONENTS:
+        assert containers[f"{component}_executor"]["resources"] == {
+            "cpuLimit": 4.0, "memoryLimit": 16.0}, component
+    sized = {n for n, c in containers.items() if "resources" in c}
+    assert sized == {f"{c}_executor" for c in ("Trainer", *kubeflow_runner.BEAM_COMPONENTS)}
+
+
+@pytest.mark.parametrize("name", ["kfp_plain", "vertex_plain"])
+def test_no_resources_without_flags(compiled, name):
+    assert not [n for n, c in _containers(compiled[name][1]).items() if "resources" in c]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_task_runs_in_the_image(compiled, name):
+    containers = _containers(compiled[name][1])
+    assert len(containers) == len(COMPONENTS)
+    assert {c["image"] for c in containers.values()} == {IMAGE}
+
+
+def _named_imports(spec):
+    """(modules, class or function paths) that the tasks of a spec will import."""
+    modules, paths = set(), set()
+    for container in _containers(spec).values():
+        hooks = [container, *container.get("lifecycle", {}).values()]
+        for hook in hooks:
+            command = hook["command"]
+            modules.add(command[command.index("-m") + 1])
+        if "--executor_class_path" in container["args"]:
+            paths.add(_arg_after(container["args"], "--executor_class_path"))
+    paths.add(_param(spec, "Transform", "preprocessing_fn"))
+    paths.add(_param(spec, "Trainer", "run_fn"))
+    eval_config = json.loads(_param(spec, "Evaluator", "eval_config"))
+    modules.update(m["module"] for s in eval_config["metrics_specs"] for m in s["metrics"]
+                   if m.get("module"))
+    return modules, paths
+
+
+@pytest.mark.parametrize("name", ["kfp", "vertex"])
+def test_every_class_and_module_named_is_importable(compiled, name):
+    modules, paths = _named_imports(compiled[name][1])
+    assert "pipeline.tfma_dice" in modules
+    assert [p for p in paths if p.startswith("trainer.")], paths       # run_fn was looked at
+    for module in modules:
+        importlib.import_module(module)
+    for path in paths:
+        module, attribute = path.rsplit(".", 1)
+        assert hasattr(importlib.import_module(module), attribute), path
+        assert path.startswith(("tfx.",) + OUR_PACKAGES), path
+
+
+@pytest.mark.parametrize("name", ["kfp", "vertex"])
+def test_reading_components_use_the_byte_size_batching_executors(compiled, name):
+    containers = _containers(compiled[name][1])
+    for component in ("StatisticsGen", "Transform", "Evaluator"):
+        args = containers[f"{component}_executor"]["args"]
+        assert _arg_after(args, "--executor_class_path") == \
+            f"components.byte_size_batching.{component}Executor"
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_schema_comes_from_the_package_not_this_machine(compiled, name):
+    _, spec, text = compiled[name]
+    assert REPO not in text
+    assert _param(spec, "PackagedSchemaGen", "expected_sha256") == schema_sha256()
+    assert "ImportSchemaGen" not in text
+
+
+@pytest.mark.parametrize("name", ["kfp", "vertex"])
+def test_roots_appear_as_given(compiled, name):
+    document, spec, _ = compiled[name]
+    if VARIANTS[name][0] == "kfp":
+        assert spec["defaultPipelineRoot"] == "s3://b/root"
+    else:
+        assert document["runtimeConfig"]["gcsOutputDirectory"] == "s3://b/root"
+    assert _param(spec, "NiftiExampleGen", "input_base") == "s3://b/lits"
+    push = json.loads(_param(spec, "Pusher", "push_destination"))
+    assert push["filesystem"]["base_directory"] == "s3://b/serving"
+
+
+def test_dataflow_workers_get_the_image(compiled):
+    for name, container in _containers(compiled["kfp"][1]).items():
+        assert f"--sdk_container_image={IMAGE}" in container["args"], name
+    for name, container in _containers(compiled["kfp_plain"][1]).items():
+        assert not [a for a in container["args"] if "container_image" in a], name
+
+
+@pytest.mark.parametrize("beam_args, added", [
+    (["--runner=DataflowRunner", "--project=p"], ["--sdk_container_image=IMG"]),
+    (["--runner", "dataflow"], ["--sdk_container_image=IMG"]),
+    (["--runner=apache_beam.runners.dataflow.dataflow_runner.DataflowRunner"],
+     ["--sdk_container_image=IMG"]),
+    (["--runner=FlinkRunner", "--flink_master=f:8081"],
+     ["--environment_type=DOCKER", "--environment_config=IMG"]),
+    (["--runner=SparkRunner"], ["--environment_type=DOCKER", "--environment_config=IMG"]),
+    (["--runner=PortableRunner", "--job_endpoint=j:8099"],
+     ["--environment_type=DOCKER", "--environment_config=IMG"]),
+    # Local runners, and packaging the user chose, stay as given.
+    (["--runner=FnApiRunner"], []),
+    (["--runner=DirectRunner", "--direct_num_workers=4"], []),
+    (["--direct_running_mode=multi_processing"], []),
+    (["--runner=DataflowRunner", "--setup_file=./setup.py"], []),
+    (["--runner=DataflowRunner", "--extra_package", "dist/x.tar.gz"], []),
+    (["--runner=DataflowRunner", "--sdk_container_image=other"], []),
+    (["--runner=FlinkRunner", "--environment_type=LOOPBACK"], []),
+    (["--runner=SparkRunner", "--environment_config=other"], []),
+])
+def test_worker_packaging(beam_args, added):
+    args, note = kt.with_worker_packaging(beam_args, "IMG")
+    assert args == beam_args + added
+    assert (note is not None) == (kt.beam_runner(beam_args) in ("dataflow", "flink", "spark",
+                                                                "portable"))
+    if added:
+        assert " ".join(added) in note
+
+
+def test_worker_packaging_leaves_no_args_alone():
+    assert kt.with_worker_packaging(None, "IMG") == (None, None)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--gpu_type", "nvidia.com/gpu"],               # a type without a count
+    ["--trainer_cpu", "-1"],
+    ["--target", "argo"],
+    ["--pipeline_root", "minio://mlpipeline/v2/artifacts"],   # not readable by tf.io.gfile
+])
+def test_bad_flags_are_refused(flags, tmp_path):
+    with pytest.raises(SystemExit):
+        kubeflow_runner.parse_args(["--image", IMAGE, *ROOTS, "--output",
+                                    str(tmp_path / "p.yaml"), *flags])
+
+
+def test_task_entrypoint_registers_s3():
+    """The s3:// filesystem (MinIO, S3) is there in every task before TFX touches an artifact:
+    the TFX entrypoint imports tensorflow_transform, which imports tensorflow-io."""
+    code = ("import tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor\n"
+            "import tensorflow as tf\n"
+            "assert 's3' in tf.io.gfile.get_registered_schemes(), "
+            "tf.io.gfile.get_registered_schemes()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.pipeline
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH = 15      # 4 short epochs, still enough to pass the tiny bar of 0.8
 TRAIN_STEPS = 4 * STEPS_PER_EPOCH
-UPSTREAM = ("NiftiExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
+UPSTREAM = ("NiftiExampleGen", "PackagedSchemaGen", "StatisticsGen", "ExampleValidator",
             "Transform")
 
 

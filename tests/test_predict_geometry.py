@@ -25,6 +25,7 @@ import pytest
 import tensorflow as tf
 
 import predict
+from pipeline import inference
 from models.metrics import class_map, dice_numpy
 from preprocessing import features as F
 from preprocessing.case_conversion import case_examples
@@ -178,8 +179,8 @@ def run_predict(files, config, model, out_dir):
     NIfTI). Returns the written image and the input label image."""
     out_path = os.path.join(out_dir,
                             os.path.basename(files.image_path).replace(".nii", "_pred.nii"))
-    case = predict.load_input(files.image_path)
-    predict.segment_case(predict.serving_function(model), config, case, files.image_path,
+    case = inference.load_input(files.image_path)
+    inference.segment_case(inference.serving_function(model), config, case, files.image_path,
                          out_path, batch_size=5)   # 5: batches that do not divide Z
     return nib.load(out_path), nib.load(files.label_path)
 
@@ -281,7 +282,7 @@ def test_a_flipped_model_fails_the_check(tmp_path, flip):
 # --- 2. predict.py's pixels are the ExampleGen's -------------------------------------------------
 
 def test_predict_sends_the_examplegen_pixels(tmp_path):
-    """volume_to_model_input of predict.load_input equals the images in the ExampleGen's
+    """volume_to_model_input of inference.load_input equals the images in the ExampleGen's
     examples, bit for bit, for every slice; the float-HU route (load_case) that predict.py used
     before differs by at most 1 HU on a few pixels of header-scaled files (measured here, as
     predict.py's docstring says)."""
@@ -302,7 +303,7 @@ def test_predict_sends_the_examplegen_pixels(tmp_path):
         for config in (SliceConfig(size=(64, 48), context=1),
                        SliceConfig(size=(40, 40), context=2, target_spacing=0.9)):
             expected = examplegen_slices(files, config)
-            sent = volume_to_model_input(predict.load_input(files.image_path), config)
+            sent = volume_to_model_input(inference.load_input(files.image_path), config)
             assert len(sent) == len(expected)
             for z, (image, _) in expected.items():
                 np.testing.assert_array_equal(sent[z], image, err_msg=f"{files.image_path} z={z}")
@@ -365,7 +366,7 @@ def test_main_writes_the_label_back_and_prints_dice(saved, tmp_path, capsys):
         line = next(l for l in printed.splitlines() if l.startswith(f"{name} Dice"))
         assert float(line.split()[-1]) >= 0.98, printed
     # segment_volume (the same without --label) writes the same mask.
-    mask, channels = predict.segment_volume(model_dir, files.image_path, str(tmp_path / "b.nii"))
+    mask, channels = inference.segment_volume(model_dir, files.image_path, str(tmp_path / "b.nii"))
     assert channels == 3
     np.testing.assert_array_equal(mask, np.asanyarray(written.dataobj))
 

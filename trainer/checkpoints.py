@@ -8,6 +8,11 @@ lives in a directory keyed by the training inputs and config instead (`resume_di
   <Trainer root>/resume/<key>.best/  the best epoch so far by validation Dice and its value
                                      (`BestWeights`), so a resumed run still exports the best
                                      epoch of the whole training, not only of its own part
+
+The pipeline root may be a URI (gs://, s3://): files go through preprocessing/storage.py, and
+Keras 3 reads and writes weights at any scheme://... path itself (keras/src/utils/file_utils.py
+treats every "scheme://" path as remote: a local temp file copied with tf.io.gfile), so only
+s3:// needs its filesystem registered first (storage.ensure_filesystem).
 """
 from __future__ import annotations
 
@@ -15,11 +20,10 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 
 import keras
 
+from preprocessing import storage
 from schema.contract import CONSOLE_LOGGER
 
 BEST_WEIGHTS = "best.weights.h5"   # the best epoch's weights (also copied to model_run_dir)
@@ -30,7 +34,7 @@ RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.Backup
 def trainer_root(model_run_dir: str) -> str:
     """<pipeline_root>/Trainer: model_run_dir is <pipeline_root>/Trainer/model_run/<id>, the
     place for what every execution of the Trainer shares."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(model_run_dir)))
+    return storage.dirname(storage.dirname(storage.absolute(model_run_dir)))
 
 
 def resume_directory(fn_args) -> str:
@@ -41,23 +45,23 @@ def resume_directory(fn_args) -> str:
         "train": list(fn_args.train_files), "eval": list(fn_args.eval_files),
         "transform": fn_args.transform_output, "steps": int(fn_args.train_steps),
         "config": fn_args.custom_config}, sort_keys=True, default=str).encode()).hexdigest()
-    return os.path.join(trainer_root(fn_args.model_run_dir), "resume", key[:16])
+    return storage.join(trainer_root(fn_args.model_run_dir), "resume", key[:16])
 
 
 def check_resume_point(resume_dir: str, epochs: int) -> None:
     """Says where an interrupted run resumes, and deletes a checkpoint it cannot read: Keras
     truncates, then writes its metadata file, so a kill in between leaves it empty, and every
     later fit() would fail on it, run after run (the directory is keyed by the inputs)."""
-    metadata_path = os.path.join(resume_dir, RESUME_METADATA)
-    if not os.path.exists(metadata_path):
+    storage.ensure_filesystem(resume_dir)   # Keras' BackupAndRestore writes there next
+    metadata_path = storage.join(resume_dir, RESUME_METADATA)
+    if not storage.exists(metadata_path):
         return
     try:
-        with open(metadata_path) as f:
-            epoch = int(json.load(f)["epoch"])
+        epoch = int(json.loads(storage.read_text(metadata_path))["epoch"])
     except (ValueError, KeyError, TypeError):
         logging.warning("Unreadable checkpoint metadata in %s (killed while writing it); "
                         "training starts over", resume_dir)
-        shutil.rmtree(resume_dir, ignore_errors=True)
+        storage.remove_tree(resume_dir)
         return
     # On the console too: a person should see that this run continues an earlier one.
     logging.getLogger(CONSOLE_LOGGER).info(
@@ -74,12 +78,12 @@ class BestWeights(keras.callbacks.Callback):
         super().__init__()
         self.directory = directory
         self.monitor = monitor
-        self.weights_path = os.path.join(directory, BEST_WEIGHTS)
-        self._record_path = os.path.join(directory, BEST_RECORD)
+        self.weights_path = storage.join(directory, BEST_WEIGHTS)
+        self._record_path = storage.join(directory, BEST_RECORD)
         self.best, self.best_epoch = -math.inf, None
-        if os.path.exists(self._record_path) and os.path.exists(self.weights_path):
-            with open(self._record_path) as f:
-                record = json.load(f)
+        storage.ensure_filesystem(directory)   # Keras writes the weights there itself
+        if storage.exists(self._record_path) and storage.exists(self.weights_path):
+            record = json.loads(storage.read_text(self._record_path))
             self.best, self.best_epoch = float(record["value"]), int(record["epoch"])
             logging.info("Best epoch so far: %d (%s %.4f)", self.best_epoch + 1, monitor,
                          self.best)
@@ -88,16 +92,15 @@ class BestWeights(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None or not math.isfinite(float(value)) or float(value) <= self.best:
             return
-        os.makedirs(self.directory, exist_ok=True)
+        storage.makedirs(self.directory)
         # Weights first, then the record, each replaced atomically: a kill in between leaves
         # the previous best pair or new weights with the old (lower) value, never a torn file.
         tmp = self.weights_path + ".tmp.weights.h5"
         self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, self.weights_path)
+        storage.rename(tmp, self.weights_path)
         self.best, self.best_epoch = float(value), int(epoch)
-        with open(self._record_path + ".tmp", "w") as f:
-            json.dump({"value": self.best, "epoch": self.best_epoch}, f)
-        os.replace(self._record_path + ".tmp", self._record_path)
+        storage.write_text(self._record_path,
+                           json.dumps({"value": self.best, "epoch": self.best_epoch}))
 
     def restore_best(self, keep_copy_at: str = None) -> bool:
         """Loads the best weights into the model; optionally keeps a copy (e.g. in the run's
@@ -106,7 +109,6 @@ class BestWeights(keras.callbacks.Callback):
             return False
         self.model.load_weights(self.weights_path)
         if keep_copy_at:
-            os.makedirs(os.path.dirname(keep_copy_at), exist_ok=True)
-            shutil.copyfile(self.weights_path, keep_copy_at)
-        shutil.rmtree(self.directory, ignore_errors=True)
+            storage.copy(self.weights_path, keep_copy_at)
+        storage.remove_tree(self.directory)
         return True

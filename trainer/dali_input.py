@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from preprocessing import features as F
+from preprocessing import storage
 from trainer.augment import gaussian_kernel, has_affine, is_geometric
 from trainer.augment_config import AugmentConfig
 
@@ -56,6 +57,11 @@ def plugin_available() -> Tuple[bool, str]:
 
 # ---------------------------------------------------------------------------------------------
 # gzip shards -> uncompressed shards + index files, cached
+#
+# The sources (Transform's shards) may be URIs (gs://, s3://) and are read through tf.io.gfile;
+# the cache is a local folder on purpose, since DALI's reader opens local files only
+# (trainer/inputs.py dali_cache_directory picks a local temp folder for a remote pipeline root).
+# So the cache is built with os, shutil and open(), and tests/test_remote_io.py allow-lists them.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +74,15 @@ class DaliShards:
 
 def cache_key(files: Sequence[str]) -> str:
     """Transform artifacts are immutable, so their paths and sizes identify the data."""
-    entries = [(os.path.abspath(f) if "://" not in f else f, tf.io.gfile.stat(f).length)
-               for f in files]
+    for f in files:
+        storage.ensure_filesystem(f)
+    entries = [(storage.absolute(f), tf.io.gfile.stat(f).length) for f in files]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:20]
 
 
 def _decompress(source: str, target: str) -> None:
+    """A gzip shard (local or a URI) -> an uncompressed local file for DALI."""
+    storage.ensure_filesystem(source)
     with tf.io.gfile.GFile(source, "rb") as raw, gzip.GzipFile(fileobj=raw) as unzipped, \
             open(target, "wb") as out:
         shutil.copyfileobj(unzipped, out, 1 << 22)
@@ -103,6 +112,9 @@ def write_index(record_path: str, index_path: str) -> int:
 def prepare_shards(files: Sequence[str], cache_dir: str) -> DaliShards:
     """Uncompressed copies + index files of the gzip TFRecord `files`, built once per set of
     files under `cache_dir` (a local directory: DALI reads local files) and reused after."""
+    if storage.is_uri(cache_dir):
+        raise ValueError(f"DALI's cache must be a local folder (DALI reads local files only), "
+                         f"got {cache_dir}")
     files = sorted(files)
     key = cache_key(files)
     final = os.path.join(cache_dir, key)

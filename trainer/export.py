@@ -14,12 +14,12 @@ C being the mask channels of the Transform (TransformConfig.classes):
 from __future__ import annotations
 
 import json
-import os
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from preprocessing import features as F
+from preprocessing import storage
 from schema.contract import (MODEL_SLICE_CONFIG_FILE, PROBABILITIES, SIGNATURE_RAW,
                              SIGNATURE_SLICES, SIGNATURE_TRANSFORMED)
 
@@ -66,9 +66,14 @@ def export_serving_model(model, tf_transform_output: tft.TFTransformOutput,
         SIGNATURE_TRANSFORMED: module.serve_transformed.get_concrete_function(),
         SIGNATURE_SLICES: module.segment_slices.get_concrete_function(),
     }
-    os.makedirs(export_dir, exist_ok=True)
+    # export_dir may be a URI (gs://...): the SavedModel is written through TF's filesystems.
+    storage.ensure_filesystem(export_dir)
     tf.saved_model.save(module, export_dir, signatures=signatures)
-    os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
-    with open(os.path.join(export_dir, MODEL_SLICE_CONFIG_FILE), "w") as f:
-        json.dump(slice_config, f, indent=2)
+    write_slice_config(export_dir, slice_config)
     return export_dir
+
+
+def write_slice_config(export_dir: str, slice_config: dict) -> None:
+    """assets.extra/slice_config.json beside the SavedModel: how predict.py slices a volume."""
+    storage.write_text(storage.join(export_dir, MODEL_SLICE_CONFIG_FILE),
+                       json.dumps(slice_config, indent=2))

@@ -18,10 +18,11 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import time
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+from preprocessing import storage
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # bf16 must beat fp32 by this much in the probe: a ratio within timing noise keeps fp32, the
@@ -38,7 +39,8 @@ class PrecisionChoice:
 
 
 def _cpuinfo_field(names: Tuple[str, ...], cpuinfo_path: str = "/proc/cpuinfo") -> Optional[str]:
-    """The value of the first /proc/cpuinfo line starting with one of `names` (Linux)."""
+    """The value of the first /proc/cpuinfo line starting with one of `names` (Linux). A local
+    kernel file, read with open() (never a URI)."""
     try:
         with open(cpuinfo_path) as f:
             for line in f:
@@ -171,7 +173,7 @@ def cached_probe(filters: Sequence[int], skip_filters: int, cache_dir: Optional[
     ONEDNN_MAX_CPU_ISA has no bf16 convolution) counts as infinitely slow."""
     def probe() -> Tuple[float, float]:
         key = probe_key(filters, skip_filters, size)
-        path = os.path.join(cache_dir, PROBE_FILE) if cache_dir else None
+        path = storage.join(cache_dir, PROBE_FILE) if cache_dir else None   # may be gs://
         cache = _read_json(path) if path else {}
         if key in cache:
             logging.info("Precision probe: cached result for this machine and width (%s)", path)
@@ -186,18 +188,14 @@ def cached_probe(filters: Sequence[int], skip_filters: int, cache_dir: Optional[
             cache[key] = {"fp32_s": fp32_s, "bf16_s": bf16_s, "filters": list(filters),
                           "skip_filters": skip_filters, "size": size,
                           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            os.makedirs(cache_dir, exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump(cache, f, indent=1)
-            os.replace(tmp, path)   # atomic: a concurrent reader never sees half a file
+            # tmp + rename (storage): a concurrent reader never sees half a file
+            storage.write_text(path, json.dumps(cache, indent=1))
         return fp32_s, bf16_s
     return probe
 
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return json.loads(storage.read_text(path))
+    except (OSError, ValueError):   # absent or half written: measure again
         return {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from typing import Tuple, Union
 
@@ -21,6 +20,7 @@ from models.model_config import ModelConfig
 from models.metrics import DiceCoefficient
 from models.unet3plus import build_unet3plus, model_output_names
 from preprocessing import features as F
+from preprocessing import storage
 from schema.contract import TRAINING_REPORT_FILE
 from trainer.checkpoints import (BEST_WEIGHTS, BestWeights, check_resume_point,
                                  resume_directory, trainer_root)
@@ -93,9 +93,8 @@ def _write_training_report(model_run_dir: str, device, epochs_run: int, seconds:
     probe's bf16/fp32 ratio, and the speed reached."""
     report = {"device": device.to_dict(), "epochs_run": epochs_run, "seconds": seconds,
               "images_per_s": images_per_s, "val_dice": [float(v) for v in val_dice]}
-    os.makedirs(model_run_dir, exist_ok=True)
-    with open(os.path.join(model_run_dir, TRAINING_REPORT_FILE), "w") as f:
-        json.dump(report, f, indent=1)
+    storage.write_text(storage.join(model_run_dir, TRAINING_REPORT_FILE),
+                       json.dumps(report, indent=1))
 
 
 def _callbacks(fn_args, eval_ds, monitor: str, epochs: int, steps_per_epoch: int,
@@ -183,7 +182,7 @@ def run_fn(fn_args) -> None:
                         callbacks=callbacks, verbose=0)   # TrainingProgress reports
     _report_training(fn_args, history, monitor, device, time.time() - start, epochs,
                      steps_per_epoch * train_cfg.batch_size)
-    if best.restore_best(keep_copy_at=os.path.join(fn_args.model_run_dir, BEST_WEIGHTS)):
+    if best.restore_best(keep_copy_at=storage.join(fn_args.model_run_dir, BEST_WEIGHTS)):
         logging.info("Exporting the best epoch, %d (validation Dice %.4f)",
                      best.best_epoch + 1, best.best)
     export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, cfg["slice"])

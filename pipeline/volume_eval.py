@@ -1,0 +1,362 @@
+"""Full-volume evaluation with the LiTS metrics (pipeline/volume_metrics.py): every slice of
+every case segmented as predict.py does it (pipeline/inference.py) and scored against the whole
+truth volume. (The TFX Evaluator sees only the selected slices, the liver's z-range +-2 and 10%
+of the rest: it misses false positives elsewhere, and its per-volume Dice is not LiTS's.)
+
+    python -m pipeline.volume_eval --model DIR (--data_root DIR | --manifest CSV) \\
+        [--baseline DIR] [--split eval|all] [--profile tiny|demo|paper] --output DIR
+
+Cases are found and split by the ExampleGen's code (plan_conversion with ConversionSettings, or
+a pipeline `--profile`'s), so `--split eval` gives the Evaluator's volumes. Truth and prediction
+are compared in the case's canonical (RAS+) grid with its spacing. Classes follow the
+candidate's output channels: 1 -> liver only (such a model cannot find tumour: its tumour scores
+would say nothing); 3 -> liver and tumour, on every case (tumour-free and predicted so scores 1).
+A baseline lacking a class gets null for it.
+
+Written to --output (local or a URI, through preprocessing/storage.py):
+  metrics.json  {"model": {"uri"}, "baseline": {"uri"} | null, "classes": [...],
+                 "cases": [{"case_id", "spacing_mm": [x, y, z], "num_slices",
+                            "candidate": {class: {dice, voe, rvd, assd_mm, msd_mm, hd95_mm,
+                                                  truth_ml, pred_ml}},
+                            "baseline": {class: {...} | null} | null, "seconds"}],
+                 "global": {"candidate": {class: {"global_dice", "mean_dice"}},
+                            "baseline": {...} | null},
+                 "seconds_per_volume": float | null,
+                 "errors": [{"case_id", "file", "reason"}]}    undefined values are null
+  metrics.csv   a row per case and model: case_id, model (candidate/baseline), <class>_<metric>
+  worst_slices.npz  for the `worst_volumes` cases of lowest candidate liver Dice, the
+                `worst_slices` axial slices with the most wrong voxels (most first):
+                <case_id>__image (HU float32 [k, H, W]), __truth, __prediction (uint8 labels
+                0/1/2), __slice_index (int32 [k], z of the canonical volume). [H, W] as the model
+                sees a slice (slices.canonical_to_display: rows anterior -> posterior, columns
+                patient right -> left), every n-th pixel so that H, W <= 256.
+A case that cannot be read is logged (one line: file, reason), listed under "errors", and the
+command exits with status 1 after evaluating the others.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pipeline.volume_metrics import METRIC_NAMES, CaseScorer
+from preprocessing import storage
+from preprocessing.conversion_plan import plan_conversion
+from preprocessing.conversion_settings import ConversionSettings
+from preprocessing.nifti import CaseError, CaseFiles
+from preprocessing.slices import canonical_to_display
+from preprocessing.splits import EVAL
+from schema.contract import CONSOLE_LOGGER
+
+METRICS_FILE = "metrics.json"
+CSV_FILE = "metrics.csv"
+WORST_SLICES_FILE = "worst_slices.npz"
+MAX_PREVIEW_PX = 256
+SPLITS = (EVAL, "all")
+EXIT_BAD_INPUT = 1
+LOG = logging.getLogger(CONSOLE_LOGGER)
+
+
+@dataclasses.dataclass
+class ModelUnderTest:
+    """One model: its serving function and SliceConfig (pipeline/inference.py load_model) and,
+    once it has segmented a case (which tells its output channels), its scorer."""
+    role: str                 # "candidate" or "baseline"
+    uri: str
+    serve: Callable
+    slice_config: Any
+    scorer: Optional[CaseScorer] = None
+
+    def segment(self, case, batch_size: int, threshold: float) -> np.ndarray:
+        """uint8 labels in the case's canonical grid; the first call fixes the classes."""
+        from pipeline import inference   # TensorFlow and Keras: only when a model runs
+        probs = inference.predict_probabilities(self.serve, case, self.slice_config, batch_size)
+        if self.scorer is None:
+            self.scorer = CaseScorer(classes_of(probs.shape[-1]))
+        return inference.probabilities_to_labels(probs, threshold)
+
+
+def classes_of(channels: int) -> List[str]:
+    """The classes a model with this many output channels is scored on (module docstring)."""
+    return ["liver", "tumour"] if channels > 1 else ["liver"]
+
+
+def load_models(model_dir: str, baseline_model_dir: Optional[str]) -> List[ModelUnderTest]:
+    """Candidate (and baseline); CaseError naming the directory when one is not usable."""
+    from pipeline import inference
+    models = []
+    for role, uri in (("candidate", model_dir), ("baseline", baseline_model_dir)):
+        if uri is not None:
+            serve, config = inference.load_model(uri)
+            models.append(ModelUnderTest(role, uri, serve, config))
+    return models
+
+
+def select_cases(settings: ConversionSettings, input_base: Optional[str], split: str
+                 ) -> Tuple[List[CaseFiles], List[CaseError]]:
+    """The cases of `split` ("eval": the ExampleGen's eval split; "all") and the ones rejected
+    before reading (missing segmentation, duplicate id, bad manifest row)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    plan = plan_conversion(settings, input_base)
+    return [c for c, s in plan.cases if split == "all" or s == split], list(plan.errors)
+
+
+# --- worst slices --------------------------------------------------------------------------------
+
+def hu_slices(case, picked: np.ndarray) -> np.ndarray:
+    """float32 HU [X, Y, k] of the picked slices of a case read as HU or stored values."""
+    if case.hu is not None:
+        return case.hu[:, :, picked].astype(np.float32)
+    slope, inter = case.scaling
+    return case.stored[:, :, picked].astype(np.float32) * np.float32(slope) + np.float32(inter)
+
+
+def display_stack(volume: np.ndarray, step: int, dtype) -> np.ndarray:
+    """Canonical [X, Y, k] -> [k, H, W] as the model sees slices, every `step`-th pixel."""
+    display = canonical_to_display(volume)[::step, ::step]
+    return np.ascontiguousarray(np.transpose(display, (2, 0, 1)), dtype=dtype)
+
+
+def worst_slice_arrays(case, truth: np.ndarray, pred: np.ndarray, classes: Sequence[str],
+                       count: int) -> Dict[str, np.ndarray]:
+    """The `count` axial slices with the most wrong voxels (compared at the model's classes),
+    as the four worst_slices.npz arrays of this case."""
+    scored_truth = truth if "tumour" in classes else (truth > 0).astype(np.uint8)
+    wrong = np.count_nonzero(scored_truth != pred, axis=(0, 1))
+    picked = np.argsort(-wrong, kind="stable")[:count]
+    step = max(1, math.ceil(max(truth.shape[:2]) / MAX_PREVIEW_PX))
+    return {"image": display_stack(hu_slices(case, picked), step, np.float32),
+            "truth": display_stack(truth[:, :, picked], step, np.uint8),
+            "prediction": display_stack(pred[:, :, picked], step, np.uint8),
+            "slice_index": picked.astype(np.int32)}
+
+
+class WorstVolumes:
+    """The slices of the `keep` cases of lowest liver Dice seen so far (bounded memory)."""
+
+    def __init__(self, keep: int, slices: int):
+        self.keep, self.slices = keep, slices
+        self.kept: List[Tuple[float, str, Dict[str, np.ndarray]]] = []
+
+    def offer(self, case_id: str, dice: float, case, truth, pred, classes) -> None:
+        if self.keep <= 0 or self.slices <= 0:
+            return
+        if len(self.kept) >= self.keep and dice >= self.kept[-1][0]:
+            return
+        arrays = worst_slice_arrays(case, truth, pred, classes, self.slices)
+        self.kept.append((dice, case_id, arrays))
+        self.kept.sort(key=lambda item: item[0])
+        del self.kept[self.keep:]
+
+    def npz_bytes(self) -> bytes:
+        arrays = {f"{case_id}__{part}": value for _, case_id, parts in self.kept
+                  for part, value in parts.items()}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        return buffer.getvalue()
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class EvaluationResult:
+    metrics: Dict[str, Any]   # metrics.json's content
+    errors: List[CaseError]   # the bad cases, also in metrics["errors"]
+    output_dir: str
+
+
+def evaluate_case(files: CaseFiles, models: List[ModelUnderTest], worst: WorstVolumes,
+                  batch_size: int, threshold: float) -> Dict[str, Any]:
+    """metrics.json's entry of one case (every model); CaseError when it cannot be read."""
+    from pipeline import inference
+    start = time.perf_counter()
+    if files.label_path is None:
+        raise CaseError(files.image_path, "no ground truth to evaluate against", files.case_id)
+    case = inference.load_input(files.image_path, files.label_path)   # as predict.py reads it
+    truth = np.asarray(case.labels)
+    record: Dict[str, Any] = {"case_id": files.case_id,
+                              "spacing_mm": [float(s) for s in case.spacing],
+                              "num_slices": int(truth.shape[2])}
+    classes = None
+    for model in models:
+        pred = model.segment(case, batch_size, threshold)
+        classes = classes or model.scorer.classes          # the candidate's: scored first
+        scores = model.scorer.score(truth, pred, case.spacing)
+        record[model.role] = {name: scores.get(name) for name in classes}
+        if model.role == "candidate":
+            worst.offer(files.case_id, scores["liver"]["dice"], case, truth, pred, classes)
+    record.setdefault("baseline", None)
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def evaluate_volumes(model_dir: str, cases: Sequence[CaseFiles],
+                     baseline_model_dir: Optional[str] = None, *, output_dir: str,
+                     worst_volumes: int = 3, worst_slices: int = 4, batch_size: int = 16,
+                     threshold: float = 0.5, known_errors: Sequence[CaseError] = ()
+                     ) -> EvaluationResult:
+    """Segments every slice of every case with the model (and the baseline), scores the whole
+    volumes and writes metrics.json, metrics.csv and worst_slices.npz into `output_dir`.
+    `known_errors`: cases rejected before (discovery), reported with the unreadable ones.
+    CaseError when a model directory is not usable."""
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    models = load_models(model_dir, baseline_model_dir)
+    worst = WorstVolumes(worst_volumes, worst_slices)
+    records, errors = [], list(known_errors)
+    for e in known_errors:
+        LOG.warning("Bad case %s: %s: %s", e.case_id, e.path, e.reason)
+    with logging_redirect_tqdm(), tqdm(cases, desc="Volumes", unit="volume",
+                                       file=sys.stderr, disable=None) as progress:
+        for i, files in enumerate(progress, start=1):
+            try:
+                records.append(evaluate_case(files, models, worst, batch_size, threshold))
+            except CaseError as e:
+                e.case_id = e.case_id or files.case_id
+                errors.append(e)
+                LOG.warning("Bad case %s: %s: %s", e.case_id, e.path, e.reason)
+                continue
+            LOG.info("Volume %d/%d %s: %s, %.1f s", i, len(cases), files.case_id,
+                     _dice_text(records[-1]), records[-1]["seconds"])   # time per volume
+    metrics = metrics_document(models, records, errors)
+    write_outputs(output_dir, metrics, worst)
+    return EvaluationResult(metrics, errors, output_dir)
+
+
+def _dice_text(record: Dict[str, Any]) -> str:
+    text = f"liver Dice {record['candidate']['liver']['dice']:.4f}"
+    baseline = (record.get("baseline") or {}).get("liver")
+    return text + (f" (baseline {baseline['dice']:.4f})" if baseline else "")
+
+
+def metrics_document(models: List[ModelUnderTest], records: List[Dict[str, Any]],
+                     errors: List[CaseError]) -> Dict[str, Any]:
+    """metrics.json's content (module docstring)."""
+    by_role = {m.role: m for m in models}
+    candidate, baseline = by_role["candidate"], by_role.get("baseline")
+    classes = list(candidate.scorer.classes) if candidate.scorer else ["liver"]
+
+    def pooled(model: ModelUnderTest) -> Dict[str, Any]:
+        summary = model.scorer.summary() if model.scorer else {}
+        return {name: summary.get(name) for name in classes}
+
+    seconds = [r["seconds"] for r in records]
+    return {"model": {"uri": candidate.uri},
+            "baseline": {"uri": baseline.uri} if baseline else None,
+            "classes": classes, "cases": records,
+            "global": {"candidate": pooled(candidate),
+                       "baseline": pooled(baseline) if baseline else None},
+            "seconds_per_volume": float(np.mean(seconds)) if seconds else None,
+            "errors": [{"case_id": e.case_id, "file": e.path, "reason": e.reason}
+                       for e in errors]}
+
+
+def csv_text(metrics: Dict[str, Any]) -> str:
+    classes, out = metrics["classes"], io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["case_id", "model", *(f"{c}_{m}" for c in classes for m in METRIC_NAMES)])
+    for case in metrics["cases"]:
+        for role in (r for r in ("candidate", "baseline") if case.get(r) is not None):
+            values = [(case[role].get(c) or {}).get(m) for c in classes for m in METRIC_NAMES]
+            writer.writerow([case["case_id"], role, *("" if v is None else repr(v)
+                                                      for v in values)])
+    return out.getvalue()
+
+
+def write_outputs(output_dir: str, metrics: Dict[str, Any], worst: WorstVolumes) -> None:
+    # allow_nan=False: an undefined value must be null, never a NaN that JSON cannot hold.
+    storage.write_text(storage.join(output_dir, METRICS_FILE),
+                       json.dumps(metrics, indent=1, allow_nan=False))
+    storage.write_text(storage.join(output_dir, CSV_FILE), csv_text(metrics))
+    storage.write_bytes(storage.join(output_dir, WORST_SLICES_FILE), worst.npz_bytes())
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def summary_lines(result: EvaluationResult) -> List[str]:
+    m = result.metrics
+    lines = [f"Evaluated {len(m['cases'])} volumes, {len(result.errors)} bad"
+             + (f", {m['seconds_per_volume']:.1f} s/volume" if m["cases"] else "")]
+    for role in ("candidate", "baseline"):
+        for name, pooled in (m["global"][role] or {}).items():
+            if pooled and pooled["global_dice"] is not None:
+                lines.append(f"{role} {name}: global Dice {pooled['global_dice']:.4f}, "
+                             f"mean Dice {pooled['mean_dice']:.4f}")
+    if m["cases"]:
+        worst = min(m["cases"], key=lambda c: c["candidate"]["liver"]["dice"])
+        lines.append(f"Worst case: {worst['case_id']}, liver Dice "
+                     f"{worst['candidate']['liver']['dice']:.4f}")
+    lines.append(f"Wrote {METRICS_FILE}, {CSV_FILE}, {WORST_SLICES_FILE} to {result.output_dir}")
+    return lines
+
+
+def conversion_settings(args: argparse.Namespace) -> ConversionSettings:
+    """The ExampleGen's split settings: a profile's, or the defaults; flags override them."""
+    settings = ConversionSettings()
+    if args.profile:
+        from pipeline.configs import profile_config
+        settings = profile_config(args.profile).example_gen
+    overrides = {"manifest": args.manifest, "eval_fraction": args.eval_fraction,
+                 "split_seed": args.split_seed}
+    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.volume_eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="exported SavedModel directory")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data_root", help="folder of volume-N / segmentation-N files")
+    source.add_argument("--manifest", help="CSV with columns image, label[, case_id]")
+    p.add_argument("--baseline", help="a second SavedModel to compare with")
+    p.add_argument("--split", choices=SPLITS, default=EVAL)
+    p.add_argument("--output", required=True, help="folder (or URI) for the three files")
+    p.add_argument("--profile", choices=("tiny", "demo", "paper"),
+                   help="take the split settings of this pipeline profile")
+    p.add_argument("--eval_fraction", type=float)
+    p.add_argument("--split_seed", type=int)
+    for name, default in (("worst_volumes", 3), ("worst_slices", 4), ("batch_size", 16)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="liver probability cut of a one-channel model")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from pipeline.console import setup_logging
+    setup_logging(None, name="volume_eval", component_lines=False, project_info=True,
+                  stream=sys.stderr)
+    args = parse_args(argv)
+    try:
+        try:
+            cases, errors = select_cases(conversion_settings(args), args.data_root, args.split)
+        except (OSError, ValueError) as e:   # an unreadable folder or manifest
+            raise CaseError(args.manifest or args.data_root, str(e)) from e
+        if not cases:
+            raise CaseError(args.manifest or args.data_root, f"no cases in split {args.split}")
+        result = evaluate_volumes(
+            args.model, cases, args.baseline, output_dir=args.output,
+            worst_volumes=args.worst_volumes, worst_slices=args.worst_slices,
+            batch_size=args.batch_size, threshold=args.threshold, known_errors=errors)
+    except CaseError as e:
+        print(f"volume_eval: error: {e.path}: {' '.join(e.reason.split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:                     # e.g. the output cannot be written
+        print(f"volume_eval: error: {args.output}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("\n".join(summary_lines(result)))
+    return EXIT_BAD_INPUT if result.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
