@@ -16,6 +16,8 @@ import sys
 import time
 
 from pipeline import configs
+from preprocessing import storage
+from schema.contract import EVAL_REPORT_FILE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
         steps_per_epoch=args.steps_per_epoch,
         precision=args.precision, xla=args.xla, normalization=args.normalization,
         classes=args.classes, input=args.input,
-        manifest=os.path.abspath(args.manifest) if args.manifest else None,
+        manifest=storage.absolute(args.manifest) if args.manifest else None,
         num_cases=args.num_cases, dice_lower_bound=args.dice_lower_bound,
         dice_change_tolerance=args.dice_change_tolerance,
         enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg,
@@ -101,11 +103,11 @@ def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
 def ensure_input_data(config: configs.PipelineConfig) -> str:
     """The data root, generating the built-in synthetic set when none was given."""
     if config.example_gen.manifest:
-        if not os.path.isfile(config.example_gen.manifest):
+        if not storage.isfile(config.example_gen.manifest):
             raise SystemExit(f"--manifest {config.example_gen.manifest} is not a file")
         return config.input_base
     if config.data_root:
-        if not os.path.isdir(config.data_root):
+        if not storage.isdir(config.data_root):
             raise SystemExit(f"--data_root {config.data_root} is not a directory")
         return config.data_root
     from preprocessing.synthetic_ct import ensure_dataset
@@ -156,6 +158,11 @@ def _run(args: argparse.Namespace, run_log, say) -> int:
     text = format_run_summary(summary)
     if summary:
         text += f"\nTotal time: {time.time() - start:.0f} s"
+    if summary and summary.get("report"):
+        # The artifact's report, also at a fixed place: the last line a user reads.
+        report = os.path.join(os.path.abspath(args.output_dir), EVAL_REPORT_FILE)
+        storage.copy(summary["report"], report)
+        text += f"\nEvaluation report (open in a browser): {report}"
     print(text, flush=True)
     logging.getLogger(__name__).info("Run summary:%s", text)   # the log file keeps it too
     return 0

@@ -3,7 +3,8 @@
 It segments every slice of the ExampleGen's eval volumes (found and split by the ExampleGen's
 own settings, so they are the Evaluator's volumes) with the Trainer's model and, when given,
 the baseline (e.g. the latest blessed model), and writes metrics.json, metrics.csv and
-worst_slices.npz into its VolumeEvaluation artifact. Key figures go to the artifact's custom
+worst_slices.npz into its VolumeEvaluation artifact, and, given the Evaluator's evaluation and
+blessing, the self-contained eval_report.html (pipeline/report) beside them. Key figures go to the artifact's custom
 properties: cases_evaluated, cases_failed, <class>_global_dice, <class>_mean_dice (candidate).
 Unreadable cases are logged and listed in metrics.json (the ExampleGen quarantines the same
 ones); the component fails only when no case could be evaluated.
@@ -24,12 +25,14 @@ from tfx.utils import path_utils
 from pipeline.volume_eval import evaluate_volumes, select_cases
 from preprocessing import storage
 from preprocessing.conversion_settings import ConversionSettings
+from schema.contract import EVAL_REPORT_FILE, VOLUME_EVALUATION_TYPE
 
 
 class VolumeEvaluation(artifact.Artifact):
-    """A folder with pipeline/volume_eval.py's metrics.json, metrics.csv and worst_slices.npz."""
+    """A folder with pipeline/volume_eval.py's metrics.json, metrics.csv and worst_slices.npz,
+    and eval_report.html."""
     # "<namespace>.<Title>": the form Kubeflow (v2) requires of a custom artifact type's name.
-    TYPE_NAME = "unet3plus.VolumeEvaluation"
+    TYPE_NAME = VOLUME_EVALUATION_TYPE
 
 
 def serving_dir(model: standard_artifacts.Model) -> str:
@@ -55,7 +58,9 @@ def VolumeEvaluator(
         split: Parameter[str] = "eval",
         worst_volumes: Parameter[int] = 3,
         worst_slices: Parameter[int] = 4,
-        baseline_model: InputArtifact[standard_artifacts.Model] = None) -> None:
+        baseline_model: InputArtifact[standard_artifacts.Model] = None,
+        tfma_evaluation: InputArtifact[standard_artifacts.ModelEvaluation] = None,
+        blessing: InputArtifact[standard_artifacts.ModelBlessing] = None) -> None:
     """Full-volume Dice, VOE, RVD, ASSD, MSD and HD95 of the model (and the baseline).
 
     data_root: the ExampleGen's input_base. conversion_settings: the ExampleGen's
@@ -73,17 +78,31 @@ def VolumeEvaluator(
         raise RuntimeError(f"VolumeEvaluator: no {split} case could be evaluated; "
                            f"{len(result.errors)} bad: "
                            + "; ".join(f"{e.path}: {e.reason}" for e in result.errors))
+    _write_report(evaluation, model, tfma_evaluation, blessing)
+
+
+def _write_report(evaluation, model, tfma_evaluation, blessing) -> None:
+    """eval_report.html in the artifact, from its own metrics and the Evaluator's outputs."""
+    from pipeline.report import write_report
+    write_report(evaluation.uri, storage.join(evaluation.uri, EVAL_REPORT_FILE),
+                 evaluation_uri=tfma_evaluation.uri if tfma_evaluation is not None else None,
+                 blessing_uri=blessing.uri if blessing is not None else None,
+                 run_info={"model_id": f"Model artifact {model.id}" if model.id else None})
 
 
 def volume_evaluator(model, input_base: str, settings: ConversionSettings,
-                     baseline_model=None, split: str = "eval"):
-    """The component wired to a Model channel (and a baseline Model channel, when there is
-    one), with the ExampleGen's input_base and settings. The manifest is resolved as
-    NiftiExampleGen resolves it, so both read the same cases."""
+                     baseline_model=None, split: str = "eval", tfma_evaluation=None,
+                     blessing=None):
+    """The component wired to a Model channel (and, when there are, a baseline Model channel
+    and the Evaluator's evaluation and blessing channels, for the report), with the
+    ExampleGen's input_base and settings. The manifest is resolved as NiftiExampleGen resolves
+    it, so both read the same cases."""
     manifest = settings.manifest_path(input_base)
     if manifest:
         settings = dataclasses.replace(settings, manifest=storage.absolute(manifest))
-    inputs = {"baseline_model": baseline_model} if baseline_model is not None else {}
+    optional = {"baseline_model": baseline_model, "tfma_evaluation": tfma_evaluation,
+                "blessing": blessing}
+    inputs = {name: channel for name, channel in optional.items() if channel is not None}
     return VolumeEvaluator(model=model, data_root=input_base,
                            conversion_settings=json.dumps(settings.to_dict()), split=split,
                            **inputs)

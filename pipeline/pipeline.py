@@ -2,7 +2,8 @@
 
 NiftiExampleGen -> StatisticsGen + ExampleValidator (against schema/schema.pbtxt, copied from the
 installed package by PackagedSchemaGen) -> AnomaliesGate (stops the run on any anomaly) ->
-Transform -> Trainer -> Evaluator (vs. the latest blessed model) -> Pusher. One small builder per
+Transform -> Trainer -> Evaluator (vs. the latest blessed model) -> Pusher, and VolumeEvaluator
+(every slice of the eval volumes, LiTS metrics, eval_report.html). One small builder per
 stage; create_pipeline() wires them. StatisticsGen, Transform and Evaluator read examples in
 byte-sized batches (components/byte_size_batching.py) under every runner.
 """
@@ -16,22 +17,23 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from components.byte_size_batching import with_byte_size_batching
 from components.nifti_example_gen import NiftiExampleGen
 from components.packaged_schema_gen import PackagedSchemaGen
+from components.volume_evaluator import volume_evaluator
 from pipeline.configs import PipelineConfig
 from pipeline.evaluation import make_eval_config
 from pipeline.validation import validation_components
-from preprocessing.features import check_classes
+from preprocessing.transform_config import TransformConfig
 from schema import schema_sha256
 
 TRANSFORM_FN = "preprocessing.transform.preprocessing_fn"
 RUN_FN = "trainer.run.run_fn"
 
 
-def _transform(config: PipelineConfig, examples, schema, image_shape, classes: str):
+def _transform(config: PipelineConfig, examples, schema, image_shape):
     transform = tfx.components.Transform(
         examples=examples, schema=schema, preprocessing_fn=TRANSFORM_FN,
         custom_config={"image_shape": image_shape,
                        "window": list(config.example_gen.slices.window),
-                       "normalization": config.transform.normalization, "classes": classes},
+                       **config.transform.to_dict()},
         # Transform's own pre/post statistics would summarize every pixel of every image
         # tensor (slow, and large in memory); StatisticsGen already describes the raw data,
         # where images are single bytes features (length stats only).
@@ -67,7 +69,8 @@ def _baseline_resolver():
 def _evaluate_and_push(config: PipelineConfig, transform, trainer, classes: str,
                        with_baseline: bool):
     """The candidate against the last blessed model (with_baseline) or against the absolute
-    Dice bar alone, and the Pusher that ships only a blessed one."""
+    Dice bar alone, the Pusher that ships only a blessed one, and the full-volume evaluation
+    with its report."""
     # Without a baseline the compiled config holds no change threshold: it says what is checked.
     eval_config = make_eval_config(
         config.evaluation.dice_lower_bound,
@@ -84,7 +87,12 @@ def _evaluate_and_push(config: PipelineConfig, transform, trainer, classes: str,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=config.serving_dir)))
-    return [c for c in (model_resolver, evaluator, pusher) if c is not None]
+    # Full volumes, every slice, LiTS metrics and the HTML report: read by people, not a gate.
+    full_volumes = volume_evaluator(
+        trainer.outputs["model"], config.input_base, config.example_gen,
+        baseline_model=model_resolver.outputs["model"] if model_resolver else None,
+        tfma_evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"])
+    return [c for c in (model_resolver, evaluator, pusher, full_volumes) if c is not None]
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
@@ -96,14 +104,14 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     slices = config.example_gen.slices
     image_shape = [slices.size[0], slices.size[1], slices.channels]
     # Fails here, at compile time, rather than inside the Transform run.
-    classes = check_classes(config.transform.classes)
+    classes = TransformConfig.from_dict(config.transform.to_dict()).classes
 
     example_gen = NiftiExampleGen(input_base=config.input_base, settings=config.example_gen)
     schema_gen = PackagedSchemaGen(expected_sha256=schema_sha256())
     examples, schema = example_gen.outputs["examples"], schema_gen.outputs["schema"]
     checks = validation_components(examples, schema)   # StatisticsGen, ExampleValidator, gate
     with_byte_size_batching(checks[0])                  # the StatisticsGen
-    transform = _transform(config, examples, schema, image_shape, classes)
+    transform = _transform(config, examples, schema, image_shape)
     # Bad data stops the run here: Transform waits for the validation gate.
     transform.add_upstream_node(checks[-1])
     trainer = _trainer(config, transform, schema, image_shape)

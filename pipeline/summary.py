@@ -11,7 +11,8 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from preprocessing import storage
-from schema.contract import CONVERSION_SUMMARY_FILE, TRAINING_REPORT_FILE
+from schema.contract import (CONVERSION_SUMMARY_FILE, EVAL_REPORT_FILE, TRAINING_REPORT_FILE,
+                             VOLUME_EVALUATION_TYPE, VOLUME_METRICS_FILE)
 
 _STATES = {metadata_store_pb2.Execution.COMPLETE: "ran",
            metadata_store_pb2.Execution.CACHED: "cached",
@@ -153,6 +154,8 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None,
         for key, name in EVAL_METRICS.items():
             if metrics[name] or key == "eval_dice":
                 summary[key] = metrics[name]
+    if VOLUME_EVALUATION_TYPE in latest:
+        summary.update(_full_volume_summary(latest[VOLUME_EVALUATION_TYPE].uri))
     if "ModelBlessing" in latest:
         summary["blessed"] = bool(_prop(latest["ModelBlessing"], "blessed"))
         if not summary["blessed"] and evaluation:
@@ -162,6 +165,41 @@ def collect_run_summary(metadata_path: str, newer_than: Optional[int] = None,
         summary["pushed"] = bool(_prop(pushed, "pushed"))
         summary["pushed_to"] = _prop(pushed, "pushed_destination")
     return summary
+
+
+def _full_volume_summary(uri: str) -> Dict[str, Any]:
+    """Global and per-case Dice over every slice of the eval volumes (VolumeEvaluator), and
+    where its HTML report is."""
+    out: Dict[str, Any] = {}
+    metrics = _read_json_report(storage.join(uri, VOLUME_METRICS_FILE))
+    if metrics is not None:
+        out["full_volume"] = {
+            "global": metrics["global"]["candidate"],
+            "cases": {c["case_id"]: {name: (c["candidate"].get(name) or {}).get("dice")
+                                     for name in metrics["classes"]}
+                      for c in metrics["cases"]},
+            "errors": [f"{e['case_id']}: {e['reason']} ({e['file']})"
+                       for e in metrics.get("errors", [])]}
+    report = storage.join(uri, EVAL_REPORT_FILE)
+    if storage.exists(report):
+        out["report"] = report
+    return out
+
+
+def _format_full_volume(full: Dict[str, Any]) -> List[str]:
+    def dice(value):
+        return "n/a" if value is None else f"{value:.4f}"
+    lines = []
+    for name, pooled in full["global"].items():
+        if pooled:
+            lines.append(f"Full-volume {name} Dice (every slice of {len(full['cases'])} eval "
+                         f"volumes): global {dice(pooled['global_dice'])}, mean per volume "
+                         f"{dice(pooled['mean_dice'])}")
+    for case_id, per_class in sorted(full["cases"].items()):
+        lines.append(f"  {case_id}: " + ", ".join(f"{name} {dice(value)}"
+                                                   for name, value in per_class.items()))
+    lines += [f"  not evaluated: {error}" for error in full["errors"]]
+    return lines
 
 
 def format_run_summary(summary: Optional[Dict[str, Any]]) -> str:
@@ -199,6 +237,8 @@ def format_run_summary(summary: Optional[Dict[str, Any]]) -> str:
         per_volume = sorted(k for k in dice if k.startswith("volume_id"))
         for name in per_volume + sorted(k for k in dice if k.startswith("has_")):
             lines.append(f"  {name}: {row(name)}")
+    if "full_volume" in summary:
+        lines += _format_full_volume(summary["full_volume"])
     if summary.get("blessed"):
         lines.append("Blessed:    yes")
     elif "blessed" in summary:
@@ -211,5 +251,7 @@ def format_run_summary(summary: Optional[Dict[str, Any]]) -> str:
         lines.append("Pushed:     no (only blessed models are pushed)")
     if "tensorboard_logdir" in summary:
         lines.append(f"TensorBoard: .venv/bin/tensorboard --logdir {summary['tensorboard_logdir']}")
+    if "report" in summary:
+        lines.append(f"Report:     {summary['report']}")
     lines.append("=" * 72)
     return "\n".join(lines)

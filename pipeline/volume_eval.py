@@ -55,9 +55,9 @@ from preprocessing.conversion_settings import ConversionSettings
 from preprocessing.nifti import CaseError, CaseFiles
 from preprocessing.slices import canonical_to_display
 from preprocessing.splits import EVAL
-from schema.contract import CONSOLE_LOGGER
+from schema.contract import CONSOLE_LOGGER, VOLUME_METRICS_FILE
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = VOLUME_METRICS_FILE
 CSV_FILE = "metrics.csv"
 WORST_SLICES_FILE = "worst_slices.npz"
 MAX_PREVIEW_PX = 256

@@ -1,7 +1,7 @@
 """The Transform `preprocessing_fn`: raw slice bytes -> normalized float images and the model's
 targets. The same graph is saved inside the exported model, so serving takes raw examples.
 
-custom_config (from pipeline/configs.py):
+custom_config (pipeline/pipeline.py; normalization and classes are TransformConfig's fields):
   image_shape    [H, W, K]
   window         [lo, hi] HU (the ExampleGen already clipped to it)
   normalization  "window": the HU window mapped linearly to [0, 1] (the paper's code);
@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from preprocessing import features as F
-from preprocessing.transform_config import NORMALIZATIONS, TransformConfig
+from preprocessing.transform_config import TransformConfig
 
 
 
@@ -81,10 +81,8 @@ def make_mask(labels: tf.Tensor, classes: str) -> tf.Tensor:
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]
                      ) -> Dict[str, tf.Tensor]:
     image_shape = custom_config["image_shape"]
-    method = custom_config.get("normalization", TransformConfig.normalization)
-    if method not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
-    classes = F.check_classes(custom_config.get("classes", TransformConfig.classes))
+    settings = TransformConfig.from_custom_config(custom_config)   # checks both choices
+    method, classes = settings.normalization, settings.classes
     hu = decode_image(inputs[F.IMAGE], image_shape)
     labels = decode_label(inputs[F.LABEL], image_shape)
     if method == "zscore":

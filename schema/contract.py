@@ -26,6 +26,11 @@ RECORDS_SLICE_CONFIG_FILE = "slice_config.json"
 # The Trainer's report beside its TensorBoard logs (model_run_dir; the run summary reads it).
 TRAINING_REPORT_FILE = "training_report.json"  # device choice with reason, speed, val Dice
 
+# The full-volume evaluation's artifact (components/volume_evaluator.py, pipeline/volume_eval.py).
+VOLUME_EVALUATION_TYPE = "unet3plus.VolumeEvaluation"
+VOLUME_METRICS_FILE = "metrics.json"
+EVAL_REPORT_FILE = "eval_report.html"
+
 # What a person sees while it runs (pipeline/console.py sets it up; the Trainer's progress
 # callback and the conversion log to it from below).
 CONSOLE_LOGGER = "unet3plus.console"           # lines meant for the console, not only the log

@@ -181,16 +181,8 @@ ALLOWED: Dict[Tuple[str, str], Tuple[int, str]] = {
     ("pipeline/console.py", "os.makedirs"): (1, _CONSOLE),
     ("pipeline/console_noise.py", "open("): (1, _CONSOLE),
     ("local_runner.py", "os.path.abspath"): (
-        2, "the local runner's output dir holds the local log and SQLite store; its --manifest "
-           "abspath would turn gs://... into a local path (reported to the lead: use "
-           "storage.absolute)"),
+        2, "the local runner's output dir: its local log file and the copy of the report"),
     ("local_runner.py", "os.makedirs"): (1, "the folder of the local SQLite metadata store"),
-    ("local_runner.py", "os.path.isfile"): (
-        1, "checks --manifest; rejects a gs:// manifest (reported to the lead: use "
-           "storage.isfile)"),
-    ("local_runner.py", "os.path.isdir"): (
-        1, "checks --data_root; rejects a gs:// data root (reported to the lead: use "
-           "storage.isdir)"),
 }
 
 

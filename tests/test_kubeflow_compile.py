@@ -26,7 +26,7 @@ ROOTS = ["--pipeline_root", "s3://b/root", "--data_root", "s3://b/lits",
 RESOURCE_FLAGS = ["--trainer_gpus", "2", "--trainer_cpu", "8", "--trainer_memory", "64",
                   "--beam_cpu", "4", "--beam_memory", "16"]
 COMPONENTS = ("NiftiExampleGen", "PackagedSchemaGen", "StatisticsGen", "ExampleValidator",
-              "AnomaliesGate", "Transform", "Trainer", "Evaluator", "Pusher")
+              "AnomaliesGate", "Transform", "Trainer", "Evaluator", "Pusher", "VolumeEvaluator")
 OUR_PACKAGES = ("components.", "pipeline.", "preprocessing.", "trainer.", "models.", "schema.")
 # name in the compile fixture -> (target, flags)
 VARIANTS = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Optional
 
+from pipeline.evaluation_config import EvalConfig
 from pipeline.report.inputs import Thresholds
 from pipeline.summary import read_blessing_failures, read_eval_metrics
 from pipeline.tfma_dice import DICE, TUMOR_PREFIX, Dice
@@ -70,8 +71,15 @@ def read_thresholds(evaluation_uri: str) -> Optional[Thresholds]:
                 threshold = per_slice.threshold
                 if not threshold.HasField("value_threshold"):
                     continue
+                if threshold.HasField("change_threshold"):
+                    tolerance = -threshold.change_threshold.absolute.value
+                    source = "the Evaluator's config stored with the evaluation"
+                else:
+                    # TFX drops the change threshold when there is no baseline to compare with.
+                    tolerance = EvalConfig().dice_change_tolerance
+                    source = ("the bar from the Evaluator's stored config; it has no change "
+                              "threshold (no baseline), the tolerance shown is the default")
                 return Thresholds(
                     dice_lower_bound=threshold.value_threshold.lower_bound.value,
-                    dice_change_tolerance=-threshold.change_threshold.absolute.value,
-                    source="the Evaluator's config stored with the evaluation")
+                    dice_change_tolerance=tolerance, source=source)
     return None
