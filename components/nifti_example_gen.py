@@ -30,13 +30,12 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from preprocessing import storage
-from preprocessing.beam_convert import convert_cases
+from preprocessing.beam_convert import add_conversion, close_runner_client, convert_cases
 from preprocessing.conversion_plan import ConversionPlan, plan_conversion
-from preprocessing.conversion_report import check_conversion, summarize_conversion, write_lines
-from preprocessing.conversion_settings import ConversionSettings
-from preprocessing.shard_writer import remove_temp_dir, write_examples
+from preprocessing.conversion_report import check_conversion, summarize_conversion
+from preprocessing.conversion_settings import ConversionSettings, conversion_beam_args
+from preprocessing.shard_writer import remove_temp_dir
 from preprocessing.splits import EVAL, TRAIN
-from schema.contract import CASES_FILE, QUARANTINE_FILE
 
 # Under the output artifact, removed when the executor ends.
 TEMP_DIR_NAME = ".nifti_example_gen_tmp"
@@ -78,10 +77,13 @@ class Executor(BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline, exec_properties: Dict[str, Any]
                                ) -> Dict[str, beam.PCollection]:
-        """Serialized tf.Examples per split (TFX's hook; Do converts through `_convert`)."""
+        """Serialized tf.Examples per split (TFX's hook; Do writes them and the reports through
+        add_conversion instead)."""
         settings = read_custom_config(exec_properties)
         plan = self._plan(settings, exec_properties)
-        return self._convert(pipeline, settings, plan, report_dir=None)
+        examples, _, _ = convert_cases(pipeline, plan.cases, plan.errors, [TRAIN, EVAL],
+                                       settings.slices, prefetch=settings.prefetch)
+        return examples
 
     @staticmethod
     def _plan(settings: ConversionSettings, exec_properties: Dict[str, Any]) -> ConversionPlan:
@@ -93,18 +95,6 @@ class Executor(BaseExampleGenExecutor):
                      plan.cases_in(TRAIN), plan.cases_in(EVAL), len(plan.errors),
                      settings.slices)
         return plan
-
-    @staticmethod
-    def _convert(pipeline: beam.Pipeline, settings: ConversionSettings, plan: ConversionPlan,
-                 report_dir: Optional[str]) -> Dict[str, beam.PCollection]:
-        """Examples per split; with `report_dir`, also the quarantine and case reports."""
-        examples, quarantine, summaries = convert_cases(
-            pipeline, plan.cases, plan.errors, [TRAIN, EVAL], settings.slices,
-            prefetch=settings.prefetch)
-        if report_dir:
-            write_lines(quarantine, storage.join(report_dir, QUARANTINE_FILE), "Quarantine")
-            write_lines(summaries, storage.join(report_dir, CASES_FILE), "CaseSummaries")
-        return examples
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
@@ -123,16 +113,20 @@ class Executor(BaseExampleGenExecutor):
 
         plan = self._plan(settings, exec_properties)
         temp_dir = storage.join(examples_artifact.uri, TEMP_DIR_NAME)
+        # The same partitioning defaults as the converter CLI (one case per Dask task).
+        self._beam_pipeline_args = conversion_beam_args(self._beam_pipeline_args or [])
+        split_dirs = {s: artifact_utils.get_split_uri(examples_artifacts, s)
+                      for s in (TRAIN, EVAL)}
+        pipeline = self._make_beam_pipeline()
         try:
-            with self._make_beam_pipeline() as pipeline:
-                examples = self._convert(pipeline, settings, plan, report_dir)
-                write_examples(
-                    examples,
-                    {s: artifact_utils.get_split_uri(examples_artifacts, s) for s in examples},
-                    temp_dir, {s: max(1, plan.cases_in(s)) for s in examples},
+            with pipeline:
+                add_conversion(
+                    pipeline, plan, settings.slices, split_dirs, report_dir, temp_dir,
                     compression_level=settings.compression_level,
-                    compress_threads=settings.compress_threads, seed=settings.split_seed)
+                    compress_threads=settings.compress_threads, seed=settings.split_seed,
+                    prefetch=settings.prefetch)
         finally:
+            close_runner_client(pipeline)
             remove_temp_dir(temp_dir)
 
         payload_format = exec_properties.get(standard_component_specs.OUTPUT_DATA_FORMAT_KEY)

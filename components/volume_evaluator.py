@@ -22,17 +22,11 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 from tfx.utils import path_utils
 
+from components.artifacts import VolumeEvaluation
 from pipeline.volume_eval import evaluate_volumes, select_cases
 from preprocessing import storage
 from preprocessing.conversion_settings import ConversionSettings
-from schema.contract import EVAL_REPORT_FILE, VOLUME_EVALUATION_TYPE
-
-
-class VolumeEvaluation(artifact.Artifact):
-    """A folder with pipeline/volume_eval.py's metrics.json, metrics.csv and worst_slices.npz,
-    and eval_report.html."""
-    # "<namespace>.<Title>": the form Kubeflow (v2) requires of a custom artifact type's name.
-    TYPE_NAME = VOLUME_EVALUATION_TYPE
+from schema.contract import EVAL_REPORT_FILE
 
 
 def serving_dir(model: standard_artifacts.Model) -> str:

@@ -11,23 +11,36 @@ Bad input raises CaseError(file, reason).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
+import io
 import json
-from typing import Callable, List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
 
 from preprocessing import storage
 from preprocessing.examples import slice_example_bytes
-from preprocessing.nifti import CanonicalCase, CaseError, CaseFiles, canonicalize_case, read_case
+from preprocessing.nifti import (CanonicalCase, CaseError, CaseFiles, canonicalize_case,
+                                 discover_lits_cases, discover_manifest_cases, read_case)
 from preprocessing.slices import (SliceConfig, SliceRecord, model_grid_to_canonical,
                                   volume_to_model_input)
 from schema.contract import MODEL_SLICE_CONFIG_FILE
 
 # Serialized tf.Examples (ExampleGen format) -> float32 probabilities [B, H, W, C].
 ServeFn = Callable[[List[bytes]], np.ndarray]
+
+# A folder or manifest run (predict.py --input DIR|CSV) writes, in its --output folder, one mask
+# per volume named <case_id> + MASK_SUFFIX and PREDICTIONS_CSV with one row per mask written.
+MASK_SUFFIX = "_mask.nii.gz"
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTION_COLUMNS = ("case", "seconds", "liver_ml", "tumour_ml", "liver_dice", "tumour_dice")
+# discover_lits_cases' reason for a volume without a segmentation: an error for training, an
+# unlabeled case for inference.
+_MISSING_SEGMENTATION = "missing segmentation"
 
 
 def check_model_dir(model_dir: str) -> None:
@@ -165,3 +178,97 @@ def segment_volume(model_dir: str, input_path: str, output_path: str,
     case = load_input(input_path)
     serve, config = load_model(model_dir)
     return segment_case(serve, config, case, input_path, output_path, threshold, batch_size)
+
+
+# --- many volumes: a folder or a manifest ---------------------------------------------------------
+
+def is_batch_input(input_path: str) -> bool:
+    """A folder (LiTS layout) or a CSV manifest, rather than one volume."""
+    return input_path.lower().endswith(".csv") or storage.isdir(input_path)
+
+
+def _lits_number(case_id: str) -> int:
+    return int(case_id.rsplit("-", 1)[1])
+
+
+def discover_inputs(input_path: str) -> Tuple[List[CaseFiles], List[CaseError]]:
+    """The cases of a LiTS folder (volume-N, with segmentation-N when there is one) or of a CSV
+    manifest (label optional), and one CaseError per entry that cannot be a case (duplicate id,
+    segmentation without volume, row without image), so that none is dropped unseen. CaseError
+    when the folder or manifest itself cannot be read or holds nothing."""
+    try:
+        if storage.isdir(input_path):
+            cases, errors = discover_lits_cases(input_path)
+            # A volume without a segmentation is a case to segment, just without Dice.
+            unlabeled = [e for e in errors if e.reason.startswith(_MISSING_SEGMENTATION)]
+            errors = [e for e in errors if e not in unlabeled]
+            cases = sorted(cases + [CaseFiles(e.case_id, e.path, None) for e in unlabeled],
+                           key=lambda c: _lits_number(c.case_id))
+        else:
+            cases, errors = discover_manifest_cases(input_path, allow_unlabeled=True)
+    except FileNotFoundError as e:
+        raise CaseError(input_path, "not found") from e
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CaseError(input_path, f"cannot read the cases ({type(e).__name__}: {e})") from e
+    if not cases and not errors:
+        raise CaseError(input_path, "no volumes found (volume-N.nii[.gz] files, or manifest "
+                                    "rows with an image)")
+    return cases, errors
+
+
+def mask_path(output_dir: str, case_id: str) -> str:
+    """Where a folder run writes a case's mask (case ids with a path separator stay inside)."""
+    return storage.join(output_dir, case_id.replace("/", "_").replace("\\", "_") + MASK_SUFFIX)
+
+
+def volume_row(case_id: str, mask: np.ndarray, case: CanonicalCase, num_classes: int
+               ) -> Dict[str, Any]:
+    """A predictions.csv row without its time: liver (incl. tumour) and, for a three-class model,
+    tumour volumes in ml, and their Dice when the case has labels (None where not given)."""
+    # The input grid's voxel volume, from the file's affine (its sform/qform: the header's
+    # spacing, and exact for an oblique grid too).
+    voxel_ml = abs(float(np.linalg.det(case.source_affine[:3, :3]))) / 1000.0
+    tumour = num_classes > 1
+    row = {"case": case_id,
+           "liver_ml": np.count_nonzero(mask) * voxel_ml,
+           "tumour_ml": np.count_nonzero(mask == 2) * voxel_ml if tumour else None,
+           "liver_dice": None, "tumour_dice": None}
+    if case.labels is not None:
+        from models.metrics import dice_numpy
+        true = to_source_orientation(case.labels, case)   # checked by load_input: 0/1/2
+        row["liver_dice"] = dice_numpy(mask > 0, true > 0)
+        if tumour:
+            row["tumour_dice"] = dice_numpy(mask == 2, true == 2)
+    return row
+
+
+def predict_case(serve: ServeFn, config: SliceConfig, files: CaseFiles, output_path: str,
+                 threshold: float = 0.5, batch_size: int = 16) -> Dict[str, Any]:
+    """Reads, segments and writes one case of a folder run; its predictions.csv row (seconds:
+    read + segment + write). CaseError naming the file on bad input."""
+    start = time.perf_counter()
+    case = load_input(files.image_path, files.label_path)
+    mask, num_classes = segment_case(serve, config, case, files.image_path, output_path,
+                                     threshold, batch_size)
+    row = volume_row(files.case_id, mask, case, num_classes)
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def predictions_csv_text(rows: Sequence[Dict[str, Any]]) -> str:
+    """predictions.csv: PREDICTION_COLUMNS, one row per mask written; empty cells where a value
+    does not apply (no labels: no Dice; a one-channel model: no tumour)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PREDICTION_COLUMNS)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in PREDICTION_COLUMNS])
+    return out.getvalue()

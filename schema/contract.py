@@ -27,7 +27,8 @@ RECORDS_SLICE_CONFIG_FILE = "slice_config.json"
 TRAINING_REPORT_FILE = "training_report.json"  # device choice with reason, speed, val Dice
 
 # The full-volume evaluation's artifact (components/volume_evaluator.py, pipeline/volume_eval.py).
-VOLUME_EVALUATION_TYPE = "unet3plus.VolumeEvaluation"
+# The name is also the import path of its class on Kubeflow (components/artifacts.py).
+VOLUME_EVALUATION_TYPE = "components.VolumeEvaluation"
 VOLUME_METRICS_FILE = "metrics.json"
 EVAL_REPORT_FILE = "eval_report.html"
 

@@ -148,7 +148,20 @@ def _named_imports(spec):
     eval_config = json.loads(_param(spec, "Evaluator", "eval_config"))
     modules.update(m["module"] for s in eval_config["metrics_specs"] for m in s["metrics"]
                    if m.get("module"))
-    return modules, paths
+    return modules, paths | _custom_artifact_classes(spec)
+
+
+def _custom_artifact_classes(spec):
+    """The task entrypoint imports a custom artifact type's class by its schema title."""
+    from tfx.orchestration.kubeflow.v2.compiler_utils import TITLE_TO_CLASS_PATH
+    titles = set()
+    for component in spec["components"].values():
+        for direction in ("inputDefinitions", "outputDefinitions"):
+            for definition in component.get(direction, {}).get("artifacts", {}).values():
+                schema = definition["artifactType"].get("instanceSchema")
+                if schema:
+                    titles.add(yaml.safe_load(schema)["title"])
+    return {t for t in titles if t not in TITLE_TO_CLASS_PATH}
 
 
 @pytest.mark.parametrize("name", ["kfp", "vertex"])
@@ -156,6 +169,7 @@ def test_every_class_and_module_named_is_importable(compiled, name):
     modules, paths = _named_imports(compiled[name][1])
     assert "pipeline.tfma_dice" in modules
     assert [p for p in paths if p.startswith("trainer.")], paths       # run_fn was looked at
+    assert "components.VolumeEvaluation" in paths                      # a custom artifact type
     for module in modules:
         importlib.import_module(module)
     for path in paths:
