@@ -1,6 +1,11 @@
 """One case -> serialized tf.Examples (`case_examples`), and the Beam DoFn that does it for every
 case (`ConvertCaseFn`), tagging examples by split plus one summary or quarantine record per case.
 
+The tags travel in the elements, (tag, payload), on the DoFn's one output, and `SelectTag` picks
+one tag's payloads, rather than Beam's multi-output ParDo (`with_outputs`): Beam 2.74's
+DaskRunner hands every consumer of such a ParDo all of its outputs, whatever their tag (the
+reports then held the examples).
+
 Memory is bounded by about one volume per worker: the volume is resampled slice by slice from
 the stored ints (no float copy of it is made) and a case's examples are streamed out as they are
 made. With prefetch (the default) the next case's files are read (gunzip, which releases the
@@ -104,14 +109,25 @@ class _CaseProgress:
                 f"/{self.total}" if self.total else "", self.bad, now - self.start)
 
 
+class SelectTag(beam.DoFn):
+    """(tag, payload) -> payload, for one tag."""
+
+    def __init__(self, tag: str):
+        self._tag = tag
+
+    def process(self, element):
+        if element[0] == self._tag:
+            yield element[1]
+
+
 class ConvertCaseFn(beam.DoFn):
-    """(CaseFiles, split) -> serialized examples tagged with the split name, plus one summary (or
-    one quarantine record) per case.
+    """(CaseFiles, split) -> (split, serialized example) per example, plus one (SUMMARY_TAG,
+    summary) or (QUARANTINE_TAG, quarantine record) per case.
 
     With `prefetch`, the next case's files are read (gunzip: zlib releases the GIL) in a thread
     while this case is resampled and serialized, so a worker holds one case being converted and
     one being read; outputs then lag one element behind (the last case is emitted when the bundle
-    ends)."""
+    ends; a runner that drops what finish_bundle emits, like the DaskRunner, needs prefetch off)."""
 
     def __init__(self, slice_config: dict, prefetch: bool = True,
                  total_cases: Optional[int] = None):
@@ -146,8 +162,7 @@ class ConvertCaseFn(beam.DoFn):
         if self._ahead is not None:
             (element, future), self._ahead = self._ahead, None
             for out in self._convert(element, *future.result()):
-                yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(
-                    out.value, window.MIN_TIMESTAMP, [window.GlobalWindow()]))
+                yield WindowedValue(out, window.MIN_TIMESTAMP, [window.GlobalWindow()])
 
     def teardown(self):
         if getattr(self, "_reader", None) is not None:
@@ -163,15 +178,15 @@ class ConvertCaseFn(beam.DoFn):
         except CaseError as e:
             self._bad.inc()
             logging.warning("Quarantined %s: %s", files.case_id, e)
-            yield beam.pvalue.TaggedOutput(QUARANTINE_TAG, quarantine_record(e, files.case_id))
+            yield QUARANTINE_TAG, quarantine_record(e, files.case_id)
             self._progress.case_done(quarantined=True)
             return
         del raw
         for data in examples:
-            yield beam.pvalue.TaggedOutput(split, data)
+            yield split, data
         self._stages.add(timings)
         self._cases.inc()
         self._slices.inc(summary["slices_written"])
         self._input_slices.inc(summary["num_slices"])
-        yield beam.pvalue.TaggedOutput(SUMMARY_TAG, json.dumps(summary))
+        yield SUMMARY_TAG, json.dumps(summary)
         self._progress.case_done(quarantined=False)

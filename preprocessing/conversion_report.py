@@ -2,9 +2,11 @@
 summary counted from them once the run is done (`summarize_conversion`) and the checks on it
 (`check_conversion`).
 
-The JSON lines are written by Beam's sink (Beam's filesystems: local, gs://, s3:// with
-apache-beam[aws]); the summary reads and writes them through preprocessing/storage.py like every
-other file the pipeline touches outside a Beam sink."""
+The JSON lines are written from the pipeline through Beam's filesystems (local, gs://, s3:// with
+apache-beam[aws]), uncompressed and sorted, by a DoFn of ours rather than Beam's WriteToText
+(whose writer emits its files from finish_bundle, which Beam 2.74's DaskRunner drops); the
+summary reads and writes them through preprocessing/storage.py like every other file the pipeline
+touches outside a Beam step."""
 from __future__ import annotations
 
 import json
@@ -12,20 +14,51 @@ import logging
 from typing import Any, Dict, List, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from preprocessing import storage
 from preprocessing.splits import EVAL, TRAIN
 from schema.contract import CASES_FILE, CONVERSION_SUMMARY_FILE, QUARANTINE_FILE
 
 
-def write_lines(pcoll: beam.PCollection, path: str, label: str):
-    """Writes a PCollection of strings to one text file (empty file if nothing)."""
-    return pcoll | f"Write{label}" >> beam.io.WriteToText(path, shard_name_template="",
-                                                          num_shards=1)
+def _keyed(line):   # unannotated: Beam would log each string annotation it cannot read
+    return 0, line
+
+
+class WriteLinesFn(beam.DoFn):
+    """(key, lines) -> one uncompressed text file of the sorted lines (empty lines dropped: the
+    marker that makes the file exist when there are none). Yields the path."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def process(self, element):
+        lines = sorted(line for line in element[1] if line)
+        with FileSystems.create(self._path, mime_type="text/plain",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write("".join(line + "\n" for line in lines).encode("utf-8"))
+        yield self._path
+
+
+def write_lines(pcoll: beam.PCollection, path: str, label: str) -> beam.PCollection:
+    """Writes a PCollection of strings to one text file, sorted (an empty file if there are
+    none). Returns a PCollection of the path, once written."""
+    marker = pcoll.pipeline | f"{label}Marker" >> beam.Create([(0, "")], reshuffle=False)
+    return ((pcoll | f"{label}Key" >> beam.Map(_keyed), marker)
+            | f"{label}Lines" >> beam.Flatten()
+            | f"{label}Group" >> beam.GroupByKey()
+            | f"Write{label}" >> beam.ParDo(WriteLinesFn(path)))
 
 
 def _read_jsonl(path: str) -> List[dict]:
-    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+    data = storage.read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not JSON lines (it begins {data[:16].hex()}): not written "
+                         "by this conversion, or the runner mixed other outputs into it") from e
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def summarize_conversion(report_dir: str, input_cases: int,

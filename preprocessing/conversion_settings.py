@@ -17,6 +17,35 @@ DEFAULT_COMPRESS_THREADS = 2
 # default args in pipeline/configs.py, the converter CLI): Beam 2.74's DirectRunner would first
 # try Prism, which downloads a binary at run time (and fails offline).
 LOCAL_BEAM_RUNNER = "--runner=FnApiRunner"
+# Beam's Dask runner, named by its class path: Beam resolves short names (--runner=DataflowRunner)
+# only for the runners it lists in StandardOptions.ALL_KNOWN_RUNNERS, and this one is not listed.
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+# One case per Dask partition (one task each, spread over the workers): the DaskRunner puts up to
+# 128 elements of a Create in one partition and runs Reshuffle as a no-op, so without this every
+# case would be converted by one task on one worker, holding all their examples in memory.
+DASK_ONE_CASE_PER_TASK = "--dask_partition_size=1"
+
+
+def beam_runner_name(beam_args: List[str]) -> Optional[str]:
+    """The last --runner value (`--runner=X` or `--runner X`), as given; None without one."""
+    runner = None
+    for i, arg in enumerate(beam_args):
+        if arg.startswith("--runner="):
+            runner = arg.split("=", 1)[1]
+        elif arg == "--runner" and i + 1 < len(beam_args):
+            runner = beam_args[i + 1]
+    return runner
+
+
+def conversion_beam_args(beam_args: List[str]) -> List[str]:
+    """The conversion's Beam args: on the DaskRunner one case per task unless the args partition
+    otherwise (--dask_partition_size / --dask_npartitions); other runners' args unchanged."""
+    args = list(beam_args)
+    runner = beam_runner_name(args) or ""
+    if runner.rsplit(".", 1)[-1].lower() == "daskrunner" and not any(
+            a.startswith(("--dask_partition_size", "--dask_npartitions")) for a in args):
+        args.append(DASK_ONE_CASE_PER_TASK)
+    return args
 
 
 @dataclasses.dataclass

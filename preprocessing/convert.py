@@ -12,8 +12,13 @@ OUTPUT/conversion_summary.json and OUTPUT/slice_config.json. Exits 1, naming the
 than --max_bad_fraction of the cases are bad (or none is left); the outputs are written anyway so
 the quarantine report can be read. Beam runs in-process (`--direct_running_mode=in_memory`)
 unless --beam_arg says otherwise, e.g. --beam_arg=--direct_running_mode=multi_processing
---beam_arg=--direct_num_workers=4. Input and output may be URIs (gs://, s3://): the inputs are
-read through preprocessing/storage.py, the shards and reports written by Beam's filesystems.
+--beam_arg=--direct_num_workers=4, or a cluster's runner: Dask with
+--beam_arg=--runner=apache_beam.runners.dask.dask_runner.DaskRunner
+--beam_arg=--dask_client_address=tcp://SCHEDULER:8786 (one case per Dask task unless
+--dask_partition_size / --dask_npartitions say otherwise; the workers must be able to import this
+project, see docs/scaling.md), Dataflow, Flink or Spark. Input and output may be URIs (gs://,
+s3://): the inputs are read through preprocessing/storage.py, the shards and reports written by
+Beam's filesystems.
 """
 from __future__ import annotations
 
@@ -35,11 +40,12 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocessing import storage
-from preprocessing.beam_convert import add_conversion
+from preprocessing.beam_convert import add_conversion, close_runner_client
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_report import check_conversion, summarize_conversion
 from preprocessing.shard_writer import remove_temp_dir
-from preprocessing.conversion_settings import LOCAL_BEAM_RUNNER, ConversionSettings
+from preprocessing.conversion_settings import (LOCAL_BEAM_RUNNER, ConversionSettings,
+                                               conversion_beam_args)
 from preprocessing.slices import SliceConfig
 from preprocessing.splits import EVAL, TRAIN
 from schema.contract import QUARANTINE_FILE, RECORDS_SLICE_CONFIG_FILE
@@ -108,7 +114,7 @@ def settings_from_args(args: argparse.Namespace) -> ConversionSettings:
 
 
 def beam_options(beam_args: List[str]) -> PipelineOptions:
-    args = list(beam_args)
+    args = conversion_beam_args(beam_args)
     if not any(a.startswith("--runner") for a in args):
         args.append(LOCAL_BEAM_RUNNER)
     if not any(a.startswith("--direct_running_mode") for a in args):
@@ -147,14 +153,16 @@ def run(args: argparse.Namespace) -> int:
                  len(plan.errors), output, slice_config)
     temp_dir = storage.join(output, ".tmp")
     start = time.time()
+    pipeline = beam.Pipeline(options=beam_options(args.beam_arg))
     try:
-        with beam.Pipeline(options=beam_options(args.beam_arg)) as pipeline:
+        with pipeline:
             add_conversion(pipeline, plan, slice_config, split_dirs, output, temp_dir,
                            compression_level=settings.compression_level,
                            compress_threads=settings.compress_threads,
                            prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX,
                            seed=settings.split_seed, prefetch=settings.prefetch)
     finally:
+        close_runner_client(pipeline)
         remove_temp_dir(temp_dir)
     storage.write_text(storage.join(output, RECORDS_SLICE_CONFIG_FILE),
                        json.dumps(slice_config.to_dict(), indent=2))

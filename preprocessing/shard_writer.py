@@ -6,10 +6,14 @@ every example through the runner, which the DirectRunner holds in memory, and gz
 default level 6):
   1. fused with the conversion: each example is framed as a TFRecord record, compressed as its own
      gzip member (in a small thread pool: zlib releases the GIL) and appended to a per-bundle temp
-     file; the index (bucket, file, offset, length) goes on. The bucket is a hash of the record.
-  2. per bucket (about one case's worth of examples): the members are read back, shuffled with a
-     seeded order and concatenated into one shard. Concatenated gzip members are one valid gzip
-     stream (RFC 1952), read by tf.data, Beam and TFX like any .gz TFRecord file.
+     file. The bucket is a hash (crc32c) of the record. The bundle's file goes on once per bucket
+     it holds records of, ((split, bucket), file), emitted from process(); where each record lies
+     (bucket, offset, length, crc) is written beside the file, `<file>.index`, when the bundle
+     ends. Nothing is emitted from finish_bundle, which Beam 2.74's DaskRunner would drop.
+  2. per bucket (about one case's worth of examples), after the GroupByKey (so every bundle that
+     wrote to it has finished): the bucket's members are read back through the files' indexes,
+     shuffled with a seeded order and concatenated into one shard. Concatenated gzip members are
+     one valid gzip stream (RFC 1952), read by tf.data, Beam and TFX like any .gz TFRecord file.
 The writer holds at most PENDING_BYTES of examples waiting for compression and one output shard.
 Files go through Beam's filesystems (local, gs://, s3:// with apache-beam[aws]; not TensorFlow's
 ram://), which every Beam worker has.
@@ -23,14 +27,11 @@ import time
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms import window
-from apache_beam.utils.windowed_value import WindowedValue
-
 from preprocessing.conversion_settings import DEFAULT_COMPRESS_THREADS, DEFAULT_COMPRESSION_LEVEL
 from preprocessing.conversion_stages import COUNTER_NAMESPACE, StageCounters, lap
 from preprocessing.storage import is_uri
@@ -49,24 +50,47 @@ def _masked(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def _frame(data: bytes, crc: int) -> Tuple[bytes, bytes]:
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", _masked(_crc32c(length))), struct.pack("<I", _masked(crc))
+
+
 def tfrecord_frame(data: bytes) -> Tuple[bytes, bytes, int]:
     """TFRecord framing of one record: (header, footer, crc32c of the data)."""
-    length = struct.pack("<Q", len(data))
     crc = _crc32c(data)
-    return (length + struct.pack("<I", _masked(_crc32c(length))),
-            struct.pack("<I", _masked(crc)), crc)
+    return (*_frame(data, crc), crc)
 
 
-def compress_record(data: bytes, level: int) -> Tuple[bytes, int]:
-    """One TFRecord record as a complete gzip member, and the record's crc32c."""
-    header, footer, crc = tfrecord_frame(data)
+# One index entry per record of a spill file: bucket, offset, length, crc32c.
+_INDEX_ENTRY = struct.Struct("<IQQI")
+
+
+def index_path(spill_path: str) -> str:
+    return spill_path + ".index"
+
+
+def read_index(spill_path: str) -> List[Tuple[int, int, int, int]]:
+    """(bucket, offset, length, crc) of every record in a spill file, in file order."""
+    with FileSystems.open(index_path(spill_path),
+                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return list(_INDEX_ENTRY.iter_unpack(f.read()))
+
+
+def compress_record(data: bytes, level: int, crc: Optional[int] = None) -> Tuple[bytes, int]:
+    """One TFRecord record as a complete gzip member, and the record's crc32c (`crc`, when given,
+    is the crc32c of `data`, already computed)."""
+    if crc is None:
+        header, footer, crc = tfrecord_frame(data)
+    else:
+        header, footer = _frame(data, crc)
     c = zlib.compressobj(level, zlib.DEFLATED, 31)
     return c.compress(header) + c.compress(data) + c.compress(footer) + c.flush(), crc
 
 
 class SpillRecordsFn(beam.DoFn):
-    """Pass 1 of write_examples for one split: compress each record into this bundle's temp file
-    and emit, when the bundle ends, ((split, bucket), [(path, offset, length, crc), ...])."""
+    """Pass 1 of write_examples for one split: compress each record into this bundle's temp file,
+    emit ((split, bucket), file) the first time the bundle has a record for a bucket, and write
+    the file's index when the bundle ends."""
 
     def __init__(self, split: str, temp_dir: str, num_buckets: int, level: int, threads: int):
         self._split, self._temp_dir = split, temp_dir
@@ -77,23 +101,30 @@ class SpillRecordsFn(beam.DoFn):
         self._stages = StageCounters()
 
     def start_bundle(self):
-        self._file = self._path = None
+        self._file = None
+        self._path = FileSystems.join(self._temp_dir, f"{self._split}-{uuid.uuid4().hex}.part")
         self._offset = 0
-        self._index = collections.defaultdict(list)
+        self._index = []
+        self._buckets_seen = set()
         self._pending = collections.deque()
         self._pending_bytes = 0
         self._timings: Dict[str, float] = {}
 
-    def _timed_compress(self, data: bytes):
+    def _timed_compress(self, data: bytes, crc: int):
         t = time.perf_counter()
-        member, crc = compress_record(data, self._level)
+        member, _ = compress_record(data, self._level, crc)
         return member, crc, time.perf_counter() - t
 
     def process(self, data):   # one serialized example
+        crc = _crc32c(data)   # its bucket, known now so that the file goes on from here
+        bucket = crc % self._buckets
+        if bucket not in self._buckets_seen:
+            self._buckets_seen.add(bucket)
+            yield (self._split, bucket), self._path
         if self._pool is None:
-            self._write(*self._timed_compress(data))
+            self._write(*self._timed_compress(data, crc))
             return
-        self._pending.append((len(data), self._pool.submit(self._timed_compress, data)))
+        self._pending.append((len(data), self._pool.submit(self._timed_compress, data, crc)))
         self._pending_bytes += len(data)
         # A backlog (bounded in bytes) lets the compression threads keep working while this
         # thread reads and resamples the next case.
@@ -110,12 +141,10 @@ class SpillRecordsFn(beam.DoFn):
         self._timings["compress"] = self._timings.get("compress", 0.0) + seconds
         t = time.perf_counter()
         if self._file is None:
-            self._path = FileSystems.join(self._temp_dir,
-                                          f"{self._split}-{uuid.uuid4().hex}.part")
             self._file = FileSystems.create(self._path,
                                             compression_type=CompressionTypes.UNCOMPRESSED)
         self._file.write(member)
-        self._index[crc % self._buckets].append((self._path, self._offset, len(member), crc))
+        self._index.append((crc % self._buckets, self._offset, len(member), crc))
         self._offset += len(member)
         lap(self._timings, "write", t)
 
@@ -123,11 +152,13 @@ class SpillRecordsFn(beam.DoFn):
         while self._pending:
             self._pop()
         if self._file is not None:
+            t = time.perf_counter()
             self._file.close()
+            with FileSystems.create(index_path(self._path),
+                                    compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                f.write(b"".join(_INDEX_ENTRY.pack(*entry) for entry in self._index))
+            lap(self._timings, "write", t)
         self._stages.add(self._timings)
-        for bucket, entries in sorted(self._index.items()):
-            yield WindowedValue(((self._split, bucket), entries), window.MIN_TIMESTAMP,
-                                [window.GlobalWindow()])
 
     def teardown(self):
         if getattr(self, "_pool", None) is not None:
@@ -152,14 +183,12 @@ class MergeBucketFn(beam.DoFn):
         self._records = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "records_written")
 
     def process(self, element):
-        (split, bucket), groups = element
+        (split, bucket), paths = element
         t = time.perf_counter()
-        entries = sorted(e for group in groups for e in group)
-        by_file = collections.defaultdict(list)
-        for path, offset, length, crc in entries:
-            by_file[path].append((offset, length, crc))
         blobs = []
-        for path, parts in by_file.items():
+        for path in sorted(set(paths)):
+            parts = [(offset, length, crc) for b, offset, length, crc in read_index(path)
+                     if b == bucket]
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 position = 0
                 for offset, length, crc in parts:

@@ -88,6 +88,18 @@ def _assert_blessed_and_pushed(runs, serving: Path) -> None:
     assert (destination / "saved_model.pb").exists(), sorted(serving.rglob("*"))
 
 
+def _assert_full_volume_report(runs) -> None:
+    """The VolumeEvaluator ran in the image: its custom artifact type was imported by its name
+    and its folder holds the metrics and the HTML report."""
+    produced = harness.produced_of_type(runs, "components.VolumeEvaluation")
+    assert len(produced) == 1, produced
+    task, _, evaluation = produced[0]
+    folder = Path(evaluation["uri"])
+    assert (folder / "metrics.json").exists() and (folder / "eval_report.html").exists(), \
+        f"{task}: {sorted(p.name for p in folder.iterdir())}"
+    assert evaluation["metadata"].get("cases_evaluated", 0) > 0, evaluation
+
+
 def _assert_driver_ran(compiled: Path, runs) -> None:
     """The file-based ExampleGen's preCacheCheck driver ran and what it wrote reached the
     examples (the span and input fingerprint a backend's cache keys on). Without the hook the
@@ -119,6 +131,7 @@ def test_kfp_target_runs_blesses_and_pushes(image, tiny_ct, tmp_path, capsys):
     assert not any(run.resolver for run in runs.values()), "kfp cannot run resolvers"
     _assert_driver_ran(compiled, runs)
     _assert_blessed_and_pushed(runs, serving)
+    _assert_full_volume_report(runs)
     _assert_portable(compiled)
 
 
@@ -129,4 +142,5 @@ def test_vertex_target_runs_blesses_and_pushes(image, tiny_ct, tmp_path, capsys)
     assert any(run.resolver for run in runs.values()), "vertex compiles the baseline resolver"
     _assert_driver_ran(compiled, runs)
     _assert_blessed_and_pushed(runs, serving)
+    _assert_full_volume_report(runs)
     _assert_portable(compiled)
