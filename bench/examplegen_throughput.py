@@ -37,11 +37,12 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from preprocessing import conversion_stages  # noqa: E402
 from preprocessing.beam_convert import add_conversion  # noqa: E402
 from preprocessing.case_conversion import case_examples  # noqa: E402
+from preprocessing.case_discovery import discover_lits_cases  # noqa: E402
 from preprocessing.conversion_plan import ConversionPlan  # noqa: E402
 from preprocessing.conversion_settings import (DEFAULT_COMPRESS_THREADS,  # noqa: E402
                                                DEFAULT_COMPRESSION_LEVEL)
 from preprocessing.shard_writer import compress_record, remove_temp_dir  # noqa: E402
-from preprocessing.nifti import _inflate_all, discover_lits_cases  # noqa: E402
+from preprocessing.nifti import _inflate_all  # noqa: E402
 from preprocessing.slices import SliceConfig  # noqa: E402
 from preprocessing.splits import assign_splits  # noqa: E402
 

@@ -56,7 +56,7 @@ def host_facts() -> str:
 def raw_examples(data_dir: str, slice_config) -> List[bytes]:
     """The ExampleGen's serialized examples (selected slices) of every case in a LiTS folder."""
     from preprocessing.case_conversion import case_examples
-    from preprocessing.nifti import discover_lits_cases
+    from preprocessing.case_discovery import discover_lits_cases
     cases, _ = discover_lits_cases(data_dir)
     return [e for files in cases for e in case_examples(files, slice_config, "train")[0]]
 

@@ -23,9 +23,9 @@ import nibabel as nib
 import numpy as np
 
 from preprocessing import storage
+from preprocessing.case_discovery import discover_lits_cases, discover_manifest_cases
 from preprocessing.examples import slice_example_bytes
-from preprocessing.nifti import (CanonicalCase, CaseError, CaseFiles, canonicalize_case,
-                                 discover_lits_cases, discover_manifest_cases, read_case)
+from preprocessing.nifti import CanonicalCase, CaseError, CaseFiles, canonicalize_case, read_case
 from preprocessing.slices import (SliceConfig, SliceRecord, model_grid_to_canonical,
                                   volume_to_model_input)
 from schema.contract import MODEL_SLICE_CONFIG_FILE
@@ -38,9 +38,6 @@ ServeFn = Callable[[List[bytes]], np.ndarray]
 MASK_SUFFIX = "_mask.nii.gz"
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTION_COLUMNS = ("case", "seconds", "liver_ml", "tumour_ml", "liver_dice", "tumour_dice")
-# discover_lits_cases' reason for a volume without a segmentation: an error for training, an
-# unlabeled case for inference.
-_MISSING_SEGMENTATION = "missing segmentation"
 
 
 def check_model_dir(model_dir: str) -> None:
@@ -187,10 +184,6 @@ def is_batch_input(input_path: str) -> bool:
     return input_path.lower().endswith(".csv") or storage.isdir(input_path)
 
 
-def _lits_number(case_id: str) -> int:
-    return int(case_id.rsplit("-", 1)[1])
-
-
 def discover_inputs(input_path: str) -> Tuple[List[CaseFiles], List[CaseError]]:
     """The cases of a LiTS folder (volume-N, with segmentation-N when there is one) or of a CSV
     manifest (label optional), and one CaseError per entry that cannot be a case (duplicate id,
@@ -198,12 +191,8 @@ def discover_inputs(input_path: str) -> Tuple[List[CaseFiles], List[CaseError]]:
     when the folder or manifest itself cannot be read or holds nothing."""
     try:
         if storage.isdir(input_path):
-            cases, errors = discover_lits_cases(input_path)
             # A volume without a segmentation is a case to segment, just without Dice.
-            unlabeled = [e for e in errors if e.reason.startswith(_MISSING_SEGMENTATION)]
-            errors = [e for e in errors if e not in unlabeled]
-            cases = sorted(cases + [CaseFiles(e.case_id, e.path, None) for e in unlabeled],
-                           key=lambda c: _lits_number(c.case_id))
+            cases, errors = discover_lits_cases(input_path, allow_unlabeled=True)
         else:
             cases, errors = discover_manifest_cases(input_path, allow_unlabeled=True)
     except FileNotFoundError as e:

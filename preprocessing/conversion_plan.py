@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Tuple
 
+from preprocessing.case_discovery import discover_lits_cases, discover_manifest_cases
 from preprocessing.conversion_settings import ConversionSettings
-from preprocessing.nifti import (CaseError, CaseFiles, discover_lits_cases,
-                                 discover_manifest_cases)
+from preprocessing.nifti import CaseError, CaseFiles
 from preprocessing.splits import assign_splits
 
 
@@ -33,7 +33,7 @@ def plan_conversion(settings: ConversionSettings, input_base: Optional[str]) -> 
     if manifest:
         cases, errors = discover_manifest_cases(manifest, settings.allow_unlabeled)
     else:
-        cases, errors = discover_lits_cases(input_base)
+        cases, errors = discover_lits_cases(input_base, settings.allow_unlabeled)
     split_of = assign_splits([c.case_id for c in cases], eval_fraction=settings.eval_fraction,
                              seed=settings.split_seed, eval_cases=settings.eval_cases)
     return ConversionPlan([(c, split_of[c.case_id]) for c in cases], errors)

@@ -56,7 +56,8 @@ class ConversionSettings:
     eval_cases: Optional[List[str]] = None   # explicit eval case ids (overrides eval_fraction)
     max_bad_fraction: float = 0.1     # more quarantined cases than this fails the run
     manifest: Optional[str] = None    # CSV (image, label[, case_id]) instead of LiTS naming
-    allow_unlabeled: bool = False     # manifest rows without a label: inference-only cases
+    # Cases without a label (manifest rows, LiTS volumes): inference-only cases, not errors.
+    allow_unlabeled: bool = False
     compression_level: int = DEFAULT_COMPRESSION_LEVEL   # zlib level of the example shards
     compress_threads: int = DEFAULT_COMPRESS_THREADS
     prefetch: bool = True             # read the next case while converting one

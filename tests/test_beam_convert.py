@@ -19,10 +19,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from components.nifti_example_gen import check_conversion, summarize_conversion
 from preprocessing import features as F
 from preprocessing.beam_convert import add_conversion, convert_cases
+from preprocessing.case_discovery import discover_lits_cases
 from preprocessing.conversion_plan import ConversionPlan
 from preprocessing.conversion_report import write_lines
 from preprocessing.shard_writer import compress_record, remove_temp_dir
-from preprocessing.nifti import discover_lits_cases
 from preprocessing.slices import SliceConfig
 from preprocessing.splits import assign_splits
 from preprocessing.synthetic_ct import write_dataset

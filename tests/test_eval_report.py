@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import uuid
+from typing import Dict, Optional
 
 import numpy as np
 import pytest

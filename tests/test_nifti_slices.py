@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from preprocessing.nifti import (CaseError, CaseFiles, discover_lits_cases,
-                                 discover_manifest_cases, load_case)
+from preprocessing.case_discovery import discover_lits_cases, discover_manifest_cases
+from preprocessing.nifti import CaseError, CaseFiles, load_case
 from preprocessing.slices import (SliceConfig, canonical_to_display, display_to_canonical,
                                   model_grid_to_canonical, resize_in_plane,
                                   volume_to_model_input)

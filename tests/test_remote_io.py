@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 from preprocessing import storage
-from preprocessing.nifti import (CaseError, discover_lits_cases, discover_manifest_cases,
-                                 load_case, read_case)
+from preprocessing.case_discovery import discover_lits_cases, discover_manifest_cases
+from preprocessing.nifti import CaseError, load_case, read_case
 from remote_io_helpers import (BAD_FILES, allow_list_violations, copy_case, cut_in_half,
                                local_file_calls, metadata_with_artifacts, nifti_from_bytes,
                                scan_production_code, stored_array, write_lits_case, write_nifti)

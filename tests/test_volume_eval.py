@@ -26,9 +26,9 @@ from pipeline import volume_eval
 from pipeline.volume_metrics import METRIC_NAMES
 from preprocessing import storage
 from preprocessing import features as F
+from preprocessing.case_discovery import discover_lits_cases
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_settings import ConversionSettings
-from preprocessing.nifti import discover_lits_cases
 from preprocessing.slices import SliceConfig
 from preprocessing.synthetic_ct import write_dataset
 from schema.contract import MODEL_SLICE_CONFIG_FILE
