@@ -41,7 +41,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -49,18 +48,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline.volume_metrics import METRIC_NAMES, CaseScorer
+from pipeline.worst_slices import WorstVolumes
 from preprocessing import storage
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_settings import ConversionSettings
 from preprocessing.nifti import CaseError, CaseFiles
-from preprocessing.slices import canonical_to_display
 from preprocessing.splits import EVAL
 from schema.contract import CONSOLE_LOGGER, VOLUME_METRICS_FILE
 
 METRICS_FILE = VOLUME_METRICS_FILE
 CSV_FILE = "metrics.csv"
 WORST_SLICES_FILE = "worst_slices.npz"
-MAX_PREVIEW_PX = 256
 SPLITS = (EVAL, "all")
 EXIT_BAD_INPUT = 1
 LOG = logging.getLogger(CONSOLE_LOGGER)
@@ -109,61 +107,6 @@ def select_cases(settings: ConversionSettings, input_base: Optional[str], split:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     plan = plan_conversion(settings, input_base)
     return [c for c, s in plan.cases if split == "all" or s == split], list(plan.errors)
-
-
-# --- worst slices --------------------------------------------------------------------------------
-
-def hu_slices(case, picked: np.ndarray) -> np.ndarray:
-    """float32 HU [X, Y, k] of the picked slices of a case read as HU or stored values."""
-    if case.hu is not None:
-        return case.hu[:, :, picked].astype(np.float32)
-    slope, inter = case.scaling
-    return case.stored[:, :, picked].astype(np.float32) * np.float32(slope) + np.float32(inter)
-
-
-def display_stack(volume: np.ndarray, step: int, dtype) -> np.ndarray:
-    """Canonical [X, Y, k] -> [k, H, W] as the model sees slices, every `step`-th pixel."""
-    display = canonical_to_display(volume)[::step, ::step]
-    return np.ascontiguousarray(np.transpose(display, (2, 0, 1)), dtype=dtype)
-
-
-def worst_slice_arrays(case, truth: np.ndarray, pred: np.ndarray, classes: Sequence[str],
-                       count: int) -> Dict[str, np.ndarray]:
-    """The `count` axial slices with the most wrong voxels (compared at the model's classes),
-    as the four worst_slices.npz arrays of this case."""
-    scored_truth = truth if "tumour" in classes else (truth > 0).astype(np.uint8)
-    wrong = np.count_nonzero(scored_truth != pred, axis=(0, 1))
-    picked = np.argsort(-wrong, kind="stable")[:count]
-    step = max(1, math.ceil(max(truth.shape[:2]) / MAX_PREVIEW_PX))
-    return {"image": display_stack(hu_slices(case, picked), step, np.float32),
-            "truth": display_stack(truth[:, :, picked], step, np.uint8),
-            "prediction": display_stack(pred[:, :, picked], step, np.uint8),
-            "slice_index": picked.astype(np.int32)}
-
-
-class WorstVolumes:
-    """The slices of the `keep` cases of lowest liver Dice seen so far (bounded memory)."""
-
-    def __init__(self, keep: int, slices: int):
-        self.keep, self.slices = keep, slices
-        self.kept: List[Tuple[float, str, Dict[str, np.ndarray]]] = []
-
-    def offer(self, case_id: str, dice: float, case, truth, pred, classes) -> None:
-        if self.keep <= 0 or self.slices <= 0:
-            return
-        if len(self.kept) >= self.keep and dice >= self.kept[-1][0]:
-            return
-        arrays = worst_slice_arrays(case, truth, pred, classes, self.slices)
-        self.kept.append((dice, case_id, arrays))
-        self.kept.sort(key=lambda item: item[0])
-        del self.kept[self.keep:]
-
-    def npz_bytes(self) -> bytes:
-        arrays = {f"{case_id}__{part}": value for _, case_id, parts in self.kept
-                  for part, value in parts.items()}
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        return buffer.getvalue()
 
 
 # --- evaluation ----------------------------------------------------------------------------------
