@@ -300,6 +300,7 @@ def test_a_worker_restores_the_chiefs_checkpoint_without_writing_it(tmp_path):
     assert fit(WorkerBackupAndRestore(str(backup), chief=True)).epoch == [2, 3]
     assert not backup.exists()     # the chief deletes it when training completes
 
+
 # --- 3. run_fn on two workers: resume, and who writes what ----------------------------------
 
 RUN_FN = [sys.executable, "-m", "trainer.run"]

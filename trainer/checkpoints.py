@@ -9,6 +9,11 @@ lives in a directory keyed by the training inputs and config instead (`resume_di
                                      (`BestWeights`), so a resumed run still exports the best
                                      epoch of the whole training, not only of its own part
 
+With several workers (MultiWorkerMirroredStrategy, TF_CONFIG) the chief alone writes these and
+the run's outputs; the others write theirs to a temporary directory (`role_directories`) and
+restore from the chief's checkpoint (`WorkerBackupAndRestore`): the pipeline root must then be
+storage every worker reaches (gs://, s3://, a shared volume).
+
 The pipeline root may be a URI (gs://, s3://): files go through preprocessing/storage.py, and
 Keras 3 reads and writes weights at any scheme://... path itself (keras/src/utils/file_utils.py
 treats every "scheme://" path as remote: a local temp file copied with tf.io.gfile), so only
@@ -16,10 +21,13 @@ s3:// needs its filesystem registered first (storage.ensure_filesystem).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
+import tempfile
+from typing import Optional
 
 import keras
 
@@ -48,25 +56,84 @@ def resume_directory(fn_args) -> str:
     return storage.join(trainer_root(fn_args.model_run_dir), "resume", key[:16])
 
 
-def check_resume_point(resume_dir: str, epochs: int) -> None:
-    """Says where an interrupted run resumes, and deletes a checkpoint it cannot read: Keras
-    truncates, then writes its metadata file, so a kill in between leaves it empty, and every
-    later fit() would fail on it, run after run (the directory is keyed by the inputs)."""
+def check_resume_point(resume_dir: str, epochs: int, chief: bool = True) -> bool:
+    """Says where an interrupted run resumes, and deletes a checkpoint it cannot read (only the
+    chief deletes): Keras truncates, then writes its metadata file, so a kill in between leaves
+    it empty, and every later fit() would fail on it, run after run (the directory is keyed by
+    the inputs). True when there is a checkpoint to restore."""
     storage.ensure_filesystem(resume_dir)   # Keras' BackupAndRestore writes there next
     metadata_path = storage.join(resume_dir, RESUME_METADATA)
     if not storage.exists(metadata_path):
-        return
+        return False
     try:
         epoch = int(json.loads(storage.read_text(metadata_path))["epoch"])
     except (ValueError, KeyError, TypeError):
         logging.warning("Unreadable checkpoint metadata in %s (killed while writing it); "
                         "training starts over", resume_dir)
-        storage.remove_tree(resume_dir)
-        return
+        if chief:
+            storage.remove_tree(resume_dir)
+        return False
     # On the console too: a person should see that this run continues an earlier one.
     logging.getLogger(CONSOLE_LOGGER).info(
         "Resuming interrupted training at epoch %d of %d (checkpoint in %s)", epoch, epochs,
         resume_dir)
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleDirectories:
+    """Where this worker writes the run's outputs: the chief into the Trainer's own
+    directories; any other worker into `scratch`, a local temporary directory removed by
+    `cleanup`. Every worker still runs the same saving code (the SavedModel export must run on
+    all workers under MultiWorkerMirroredStrategy: its saving may run collective ops)."""
+    model_run_dir: str        # TensorBoard logs, training report, copy of the best weights
+    serving_model_dir: str    # the exported SavedModel
+    best_dir: str             # BestWeights: the best epoch so far
+    scratch: Optional[str] = None
+
+    def cleanup(self) -> None:
+        if self.scratch is not None:
+            storage.remove_tree(self.scratch)
+
+
+def role_directories(fn_args, chief: bool = True, task: str = "worker") -> RoleDirectories:
+    """The chief's: model_run_dir, serving_model_dir and `<resume_dir>.best` (which outlives a
+    kill); another worker's: the same three under a new temporary directory (TMPDIR)."""
+    if chief:
+        return RoleDirectories(fn_args.model_run_dir, fn_args.serving_model_dir,
+                               resume_directory(fn_args) + ".best")
+    scratch = tempfile.mkdtemp(prefix=f"unet3plus-{task.replace(':', '')}-")
+    logging.info("%s is not the chief: writes its outputs to %s, removed at the end", task,
+                 scratch)
+    return RoleDirectories(storage.join(scratch, "model_run"),
+                           storage.join(scratch, "serving_model"),
+                           storage.join(scratch, "best"), scratch)
+
+
+class WorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """keras.callbacks.BackupAndRestore for several workers, which Keras 3's does not handle:
+    there every worker would write the same files at once and delete them at the end. Here all
+    workers restore from the one checkpoint (they must resume at the same epoch with the same
+    weights), and only the chief writes and deletes it. Keras 3 saves weights from each
+    process's own copy of the variables, with no collective op, so the others can skip it.
+    `restore`: False when check_resume_point found no usable checkpoint (on a worker, an
+    unreadable one that the chief is deleting)."""
+
+    def __init__(self, backup_dir: str, chief: bool = True, restore: bool = True):
+        super().__init__(backup_dir, save_freq="epoch")
+        self.chief, self.restore = chief, restore
+
+    def on_train_begin(self, logs=None):
+        if self.restore or self.chief:
+            super().on_train_begin(logs)
+
+    def _save_model(self):
+        if self.chief:
+            super()._save_model()
+
+    def on_train_end(self, logs=None):
+        if self.chief:
+            super().on_train_end(logs)
 
 
 class BestWeights(keras.callbacks.Callback):

@@ -14,7 +14,10 @@ Entry point for trainer/run.py:
              imports) and augment (AugmentConfig as a dict; train split only).
   strategy   the tf.distribute strategy; with several replicas DALI runs one pipeline per
              replica (shard_id = replica) and the datasets are already distributed; tf.data
-             datasets are left for Keras to distribute.
+             datasets are left for Keras to distribute, except with several workers
+             (MultiWorkerMirroredStrategy): then each worker reads its own shard of the
+             records (`make_dataset(shard=...)`), in per-replica batches that add up to the
+             global batch, and DALI is not used (`resolve_input`).
   cache_dir  local directory for DALI's uncompressed copies of the shards
              (`dali_cache_directory(fn_args.model_run_dir)`: <pipeline_root>/Trainer/dali_cache).
   seed       shuffling and augmentation (reproducible for a given seed).
@@ -39,8 +42,9 @@ from preprocessing import features as F
 from trainer import dali_input
 from trainer.augment import augment_batch
 from trainer.augment_config import AugmentConfig, augment_config
-from trainer.train_config import INPUTS, TrainConfig
 from trainer.checkpoints import trainer_root
+from trainer.device import is_multi_worker
+from trainer.train_config import INPUTS, TrainConfig
 
 TEMP_CACHE_DIR = os.path.join(tempfile.gettempdir(), "unet3plus_dali_cache")
 
@@ -73,10 +77,13 @@ def _augment_fn(cfg: AugmentConfig, seed: int, affine: bool = True, intensity: b
 def make_dataset(file_patterns: Sequence[str], transformed_feature_spec: Dict,
                  output_names: Sequence[str], batch_size: int, shuffle: bool,
                  shuffle_buffer: int = 256, repeat: bool = True, seed: int = 0,
-                 augment=None) -> tf.data.Dataset:
+                 augment=None, shard: Optional[Tuple[int, int]] = None) -> tf.data.Dataset:
     """tf.data input. Without shuffling, records come file by file in sorted order, as DALI's
     reader gives them, so the two inputs can be compared batch for batch. `augment`: an
-    AugmentConfig or its dict (None or enabled=False: none)."""
+    AugmentConfig or its dict (None or enabled=False: none). `shard`: (count, index): keep
+    every count-th record from the index-th; every worker reads the same stream (the order is
+    then deterministic), so the shards partition it, and batch i of the `count` workers
+    together holds the records of batch i of one unsharded reader of `count` x `batch_size`."""
     spec = {k: transformed_feature_spec[k] for k in dali_input.FEATURES}
     files = _list_files(file_patterns)
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -84,12 +91,15 @@ def make_dataset(file_patterns: Sequence[str], transformed_feature_spec: Dict,
         ds = ds.shuffle(len(files), seed=seed)
         ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                            cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
-                           deterministic=False)
+                           deterministic=shard is not None)
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     else:
         ds = tf.data.TFRecordDataset(ds, compression_type="GZIP", buffer_size=1 << 22)
     if repeat:
         ds = ds.repeat()
+    if shard is not None:   # before parsing and augmenting: each worker does only its part
+        ds = ds.shard(*shard)
+        seed = seed + 104729 * shard[1]   # augmentation draws differ between the workers
     ds = ds.batch(batch_size, drop_remainder=True).map(
         lambda serialized: tf.io.parse_example(serialized, spec),
         num_parallel_calls=tf.data.AUTOTUNE)
@@ -100,10 +110,20 @@ def make_dataset(file_patterns: Sequence[str], transformed_feature_spec: Dict,
                   num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def resolve_input(requested: str) -> Tuple[str, str]:
-    """("dali" | "tfdata", why)."""
+def resolve_input(requested: str, multi_worker: bool = False) -> Tuple[str, str]:
+    """("dali" | "tfdata", why). With several workers tf.data only: our DALI input runs one
+    pipeline per replica (InputReplicationMode.PER_REPLICA), which MultiWorkerMirroredStrategy
+    does not implement."""
     if requested not in INPUTS:
         raise ValueError(f"input must be one of {INPUTS}, got {requested!r}")
+    if multi_worker:
+        if requested == "dali":
+            raise ValueError("input 'dali' is not supported with several workers (TF_CONFIG): "
+                             "its per-replica pipelines need InputReplicationMode.PER_REPLICA, "
+                             "which MultiWorkerMirroredStrategy does not implement; use "
+                             "input 'tfdata' or 'auto'")
+        return "tfdata", (f"input {requested}: tf.data, sharded per worker (DALI is not "
+                          f"supported with several workers)")
     available, error = dali_input.plugin_available()
     if requested == "tfdata":
         return "tfdata", "input forced to tfdata"
@@ -214,12 +234,21 @@ def make_input_datasets(train_files: Sequence[str], eval_files: Sequence[str],
     operators (default: gpu when TensorFlow sees one)."""
     if not isinstance(train_cfg, TrainConfig):
         train_cfg = TrainConfig.from_dict(train_cfg)
-    kind, why = resolve_input(train_cfg.input)
+    kind, why = resolve_input(train_cfg.input, is_multi_worker(strategy))
     augment = train_cfg.augment
     batch = train_cfg.batch_size
     buffer = train_cfg.shuffle_buffer
     aug_text = describe_augmentation(augment)
-    if kind == "tfdata":
+    if kind == "tfdata" and is_multi_worker(strategy):
+        train_ds = _per_worker(strategy, batch, train_files, transformed_feature_spec,
+                               output_names, shuffle=True, shuffle_buffer=buffer, seed=seed,
+                               augment=augment)
+        eval_ds = _per_worker(strategy, batch, eval_files, transformed_feature_spec,
+                              output_names, shuffle=False)
+        description = (f"tf.data ({why}), global batch {batch} = "
+                       f"{strategy.num_replicas_in_sync} replicas x "
+                       f"{batch // strategy.num_replicas_in_sync}; {aug_text}")
+    elif kind == "tfdata":
         train_ds = make_dataset(train_files, transformed_feature_spec, output_names, batch,
                                 shuffle=True, shuffle_buffer=buffer, seed=seed,
                                 augment=augment)
@@ -242,6 +271,21 @@ def make_input_datasets(train_files: Sequence[str], eval_files: Sequence[str],
                        f"cache {cache_dir}; {aug_text}{elastic}")
     logging.info("Input: %s", description)
     return train_ds, eval_ds, description
+
+
+def _per_worker(strategy: tf.distribute.Strategy, global_batch: int, files: Sequence[str],
+                *args, **kwargs):
+    """A distributed dataset in which each worker reads its shard of the records, batched per
+    replica. Rather than Keras' distribution of one global-batch dataset, which with several
+    workers shards the finished batches (auto-shard policy DATA: every worker would parse and
+    augment every global batch, then keep its part)."""
+    def worker_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        # Raises if the global batch does not split evenly over the replicas.
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        return make_dataset(files, *args, batch_size=per_replica,
+                            shard=(context.num_input_pipelines, context.input_pipeline_id),
+                            **kwargs)
+    return strategy.distribute_datasets_from_function(worker_dataset)
 
 
 def first_batch(dataset) -> Tuple[np.ndarray, np.ndarray]:

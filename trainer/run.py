@@ -3,13 +3,21 @@
 custom_config (built by pipeline/pipeline.py from configs.py): "model" (ModelConfig fields),
 "train" (TrainConfig fields), "image_shape" [H, W, K], "slice" (SliceConfig fields, exported
 with the model for predict.py).
+
+Several workers (TF_CONFIG naming more than one chief/worker task, as a Kubeflow TFJob or Vertex
+AI sets it): every worker runs run_fn with the same fn_args; they train together under
+MultiWorkerMirroredStrategy, and only the chief's outputs land in model_run_dir and
+serving_model_dir (trainer/checkpoints.py `role_directories`; docs/multi_worker.md).
+Outside TFX: `python -m trainer.run fn_args.json` (the FnArgs fields as JSON).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import sys
 import time
+import types
 from typing import Tuple, Union
 
 import keras
@@ -22,9 +30,11 @@ from models.unet3plus import build_unet3plus, model_output_names
 from preprocessing import features as F
 from preprocessing import storage
 from schema.contract import TRAINING_REPORT_FILE
-from trainer.checkpoints import (BEST_WEIGHTS, BestWeights, check_resume_point,
-                                 resume_directory, trainer_root)
-from trainer.device import resolve_device_settings, synchronize_batch_norm
+from trainer.checkpoints import (BEST_WEIGHTS, BestWeights, RoleDirectories,
+                                 WorkerBackupAndRestore, check_resume_point, resume_directory,
+                                 role_directories, trainer_root)
+from trainer.device import (cluster_role, enable_multi_worker_fit, resolve_device_settings,
+                            synchronize_batch_norm, wait_for_workers)
 from trainer.export import export_serving_model
 from trainer.inputs import dali_cache_directory, first_batch, make_input_datasets
 from trainer.optim import make_learning_rate, make_optimizer
@@ -97,19 +107,20 @@ def _write_training_report(model_run_dir: str, device, epochs_run: int, seconds:
                        json.dumps(report, indent=1))
 
 
-def _callbacks(fn_args, eval_ds, monitor: str, epochs: int, steps_per_epoch: int,
-               train_cfg: TrainConfig) -> Tuple[list, BestWeights]:
+def _callbacks(fn_args, dirs: RoleDirectories, chief: bool, eval_ds, monitor: str,
+               epochs: int, steps_per_epoch: int, train_cfg: TrainConfig
+               ) -> Tuple[list, BestWeights]:
     resume_dir = resume_directory(fn_args)
-    check_resume_point(resume_dir, epochs)
-    # The exported model is the one with the best validation Dice, not the last one; the best
-    # so far is kept beside the resume checkpoint, so it survives a kill too.
-    best = BestWeights(resume_dir + ".best", monitor)
+    restore = check_resume_point(resume_dir, epochs, chief)
+    # The exported model is the one with the best validation Dice, not the last one; the
+    # chief keeps the best so far beside the resume checkpoint, so it survives a kill too.
+    best = BestWeights(dirs.best_dir, monitor)
     callbacks = [
-        # Saves weights, optimizer state and epoch after every epoch; restores them on start;
-        # deletes them when training completes.
-        keras.callbacks.BackupAndRestore(resume_dir, save_freq="epoch"),
-        keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-        SegmentationImages(fn_args.model_run_dir, *first_batch(eval_ds)),
+        # Saves weights, optimizer state and epoch after every epoch (the chief); restores them
+        # on start (every worker); deletes them when training completes (the chief).
+        WorkerBackupAndRestore(resume_dir, chief, restore),
+        keras.callbacks.TensorBoard(log_dir=dirs.model_run_dir, update_freq="epoch"),
+        SegmentationImages(dirs.model_run_dir, *first_batch(eval_ds)),
         best,
         # Step, images/s, ETA, loss and val Dice: a bar in a terminal, a line every 30 s in a pipe.
         TrainingProgress(epochs, steps_per_epoch, train_cfg.batch_size, monitor,
@@ -121,16 +132,15 @@ def _callbacks(fn_args, eval_ds, monitor: str, epochs: int, steps_per_epoch: int
     return callbacks, best
 
 
-def _report_training(fn_args, history, monitor: str, device, seconds: float, epochs: int,
-                     images_per_epoch: int) -> None:
+def _report_training(model_run_dir: str, history, monitor: str, device, seconds: float,
+                     epochs: int, images_per_epoch: int) -> None:
     val_dice = history.history.get(monitor, [float("nan")])
     epochs_run = len(history.epoch)
     images_per_s = epochs_run * images_per_epoch / max(seconds, 1e-9)
     logging.info("Ran %d of %d epochs in %.0f s (%.1f images/s incl. validation); validation "
                  "Dice per epoch: %s", epochs_run, epochs, seconds, images_per_s,
                  [round(v, 4) for v in val_dice])
-    _write_training_report(fn_args.model_run_dir, device, epochs_run, seconds, images_per_s,
-                           val_dice)
+    _write_training_report(model_run_dir, device, epochs_run, seconds, images_per_s, val_dice)
     tumor_monitor = monitor.replace("dice", "tumor_dice")
     if tumor_monitor in history.history:
         logging.info("Validation tumour Dice per epoch: %s",
@@ -141,25 +151,41 @@ def run_fn(fn_args) -> None:
     cfg = fn_args.custom_config
     model_cfg = ModelConfig.from_dict(cfg["model"])
     train_cfg = TrainConfig.from_dict(cfg["train"])
+    role = cluster_role()
     device = resolve_device_settings(train_cfg.precision, train_cfg.xla, train_cfg.gpus,
                                      train_cfg.cpu_replicas, filters=model_cfg.filters,
                                      skip_filters=model_cfg.skip_filters,
-                                     probe_cache_dir=trainer_root(fn_args.model_run_dir))
+                                     probe_cache_dir=trainer_root(fn_args.model_run_dir),
+                                     role=role)
+    # Before any other TensorFlow op: MultiWorkerMirroredStrategy must set up the runtime.
+    # One instance: the DALI datasets are distributed by it.
+    strategy = device.strategy()
     device.apply()
     keras.utils.set_random_seed(train_cfg.seed)   # initial weights (Python, NumPy and TF)
+    dirs = role_directories(fn_args, role.is_chief, role.name)
+    try:
+        _train_and_export(fn_args, cfg, model_cfg, train_cfg, device, strategy, dirs)
+        # No worker leaves (and has its TFX executor look for the model) before the chief's
+        # export is complete.
+        wait_for_workers(strategy)
+    finally:
+        dirs.cleanup()
+
+
+def _train_and_export(fn_args, cfg: dict, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                      device, strategy, dirs: RoleDirectories) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     spec = tf_transform_output.transformed_feature_spec()
     num_classes = num_classes_from_spec(spec)
-
     total_steps = int(fn_args.train_steps)
     steps_per_epoch = min(train_cfg.steps_per_epoch, total_steps)
     epochs = max(1, math.ceil(total_steps / steps_per_epoch))
-    strategy = device.strategy()   # one instance: the DALI datasets are distributed by it
     with strategy.scope():
         model = build_and_compile(model_cfg, train_cfg, cfg["image_shape"], device.jit_compile,
                                   epochs * steps_per_epoch, num_classes)
         if device.replicas > 1:
             synchronize_batch_norm(model)
+    enable_multi_worker_fit(model, strategy)
     logging.info("UNet 3+ %s: %s parameters, %d output channel(s), filters %s, skip %s, "
                  "loss %s, %s with %s lr, policy %s, XLA %s", model_cfg.variant,
                  f"{model.count_params():,}", num_classes, model_cfg.filters,
@@ -172,7 +198,8 @@ def run_fn(fn_args) -> None:
         cache_dir=dali_cache_directory(fn_args.model_run_dir), seed=train_cfg.seed)
     # Keras names a metric after its output only when the model has several outputs.
     monitor = "val_dice" if len(outputs) == 1 else "val_mask_dice"
-    callbacks, best = _callbacks(fn_args, eval_ds, monitor, epochs, steps_per_epoch, train_cfg)
+    callbacks, best = _callbacks(fn_args, dirs, device.role.is_chief, eval_ds, monitor, epochs,
+                                 steps_per_epoch, train_cfg)
     logging.info("Training %d steps (%d epochs x %d), batch %d, validating on %d batches",
                  epochs * steps_per_epoch, epochs, steps_per_epoch, train_cfg.batch_size,
                  fn_args.eval_steps)
@@ -180,10 +207,29 @@ def run_fn(fn_args) -> None:
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         validation_data=eval_ds, validation_steps=int(fn_args.eval_steps),
                         callbacks=callbacks, verbose=0)   # TrainingProgress reports
-    _report_training(fn_args, history, monitor, device, time.time() - start, epochs,
+    _report_training(dirs.model_run_dir, history, monitor, device, time.time() - start, epochs,
                      steps_per_epoch * train_cfg.batch_size)
-    if best.restore_best(keep_copy_at=storage.join(fn_args.model_run_dir, BEST_WEIGHTS)):
+    if best.restore_best(keep_copy_at=storage.join(dirs.model_run_dir, BEST_WEIGHTS)):
         logging.info("Exporting the best epoch, %d (validation Dice %.4f)",
                      best.best_epoch + 1, best.best)
-    export_serving_model(model, tf_transform_output, fn_args.serving_model_dir, cfg["slice"])
-    logging.info("Exported to %s", fn_args.serving_model_dir)
+    # Every worker exports (saving may run collective ops); only the chief's copy is kept.
+    export_serving_model(model, tf_transform_output, dirs.serving_model_dir, cfg["slice"])
+    logging.info("Exported to %s", dirs.serving_model_dir)
+
+
+def main(argv=None) -> int:
+    """`python -m trainer.run FN_ARGS_JSON`: run_fn outside TFX, e.g. as the command of each
+    replica of a Kubeflow TFJob. FN_ARGS_JSON (a path or URI) holds the FnArgs fields run_fn
+    reads: custom_config, transform_output, train_files, eval_files, train_steps, eval_steps,
+    model_run_dir, serving_model_dir."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_fn(types.SimpleNamespace(**json.loads(storage.read_text(argv[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
