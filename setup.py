@@ -19,7 +19,13 @@ setup(
         "numpy<2",
         "scipy",
         "tqdm",
+        "matplotlib",            # the evaluation report's plots
+        "surface-distance",      # LiTS surface metrics (DeepMind's library)
     ],
+    extras_require={
+        "s3": ["tensorflow-io==0.37.1", "boto3"],   # s3:// for tf.io.gfile and Beam
+        "dask": ["dask[distributed]"],               # Beam's DaskRunner
+    },
     entry_points={"console_scripts": [
         "unet3plus-synth=preprocessing.synthetic_ct:main",
     ]},
