@@ -62,3 +62,32 @@ def test_conversion_settings_round_trip_and_one_default():
         make_config("demo").example_gen.eval_fraction
     with pytest.raises(ValueError, match="unknown conversion settings"):
         ConversionSettings.from_dict({"eval_fractoin": 0.3})
+
+
+DISTRIBUTED_BEAM_ARGS = {
+    "dask": ["--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+             "--dask_client_address=tcp://10.0.0.5:8786"],
+    "dataflow": ["--runner=DataflowRunner", "--project=p", "--region=europe-west4",
+                 "--temp_location=gs://b/tmp", "--setup_file=./setup.py"],
+    "flink": ["--runner=FlinkRunner", "--flink_master=flink:8081",
+              "--environment_type=EXTERNAL", "--environment_config=localhost:50000"],
+    "spark": ["--runner=SparkRunner", "--spark_master_url=spark://m:7077",
+              "--environment_type=PROCESS", "--environment_config={\"command\": \"/boot\"}"],
+}
+
+
+@pytest.mark.parametrize("engine", sorted(DISTRIBUTED_BEAM_ARGS))
+def test_beam_args_of_distributed_engines_pass_through_unchanged(engine):
+    """local_runner.py's --beam_arg and the Kubeflow compile hand a distributed engine's args on
+    as given (the packaging of these already says how workers get the code)."""
+    from pipeline.kubeflow_target import with_worker_packaging
+    given = DISTRIBUTED_BEAM_ARGS[engine]
+    args = local_runner.parse_args([f"--beam_arg={a}" for a in given])
+    assert local_runner.config_from_args(args).beam_pipeline_args == given
+    assert with_worker_packaging(given, "registry/image:tag")[0] == given
+
+
+def test_beam_args_without_a_runner_get_the_local_one():
+    config = make_config(beam_pipeline_args=["--direct_num_workers=2"])
+    assert config.beam_pipeline_args[1:] == ["--direct_num_workers=2"]
+    assert config.beam_pipeline_args[0].startswith("--runner=")
