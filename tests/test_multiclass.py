@@ -133,7 +133,7 @@ def test_trainer_metrics_name_liver_dice_dice_in_both_modes():
 
 
 def test_predict_labels_by_argmax_or_threshold():
-    from predict import probabilities_to_labels
+    from pipeline.inference import probabilities_to_labels
     labels = probabilities_to_labels(_softmax_like(PRED))
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, PRED)
