@@ -65,7 +65,13 @@ def _train(replicas: int, out_dir, variants=("ok",)) -> dict:
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(replicas), str(out_dir),
                           ",".join(variants)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    return read_training_result(out.stdout, out_dir, variants)
+
+
+def read_training_result(log_text: str, out_dir, variants) -> dict:
+    """The training script's RESULT line and saved weights: {variant: {"loss", "initial",
+    "final"}} (shared with tests/test_multi_worker.py)."""
+    line = [l for l in log_text.splitlines() if l.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
     for variant in variants:
         with np.load(out_dir / f"{variant}.npz") as saved:

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from test_inputs import H, K, W, _write_shards
-from test_multi_replica import STEPS, WEIGHT_TOL, weight_mismatch
+from test_multi_replica import STEPS, WEIGHT_TOL, read_training_result, weight_mismatch
 
 TIMEOUT_S = 300
 # Per-step losses, 2 workers vs 1 process (measured, seed 0): 4e-7 at step 1, 1.7e-5 at step 3;
@@ -155,18 +155,6 @@ def _run_all(commands, envs, logs, timeout=TIMEOUT_S, stop_when=None):
     return texts
 
 
-def _result(log_text: str, out_dir, variants) -> dict:
-    line = [l for l in log_text.splitlines() if l.startswith("RESULT ")][-1]
-    result = json.loads(line[len("RESULT "):])
-    for variant in variants:
-        with np.load(out_dir / f"{variant}.npz") as saved:
-            arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-        half = len(arrays) // 2
-        result[variant] = {"loss": result[variant], "initial": arrays[:half],
-                           "final": arrays[half:]}
-    return result
-
-
 def test_two_workers_train_like_one_process_and_broken_runs_are_caught(tmp_path):
     # One shard file: a single reader's order is then the same with or without parallel
     # interleaving, so the one-process reference reads the same stream as the workers.
@@ -181,7 +169,7 @@ def test_two_workers_train_like_one_process_and_broken_runs_are_caught(tmp_path)
     commands = [[sys.executable, "-c", TRAIN, str(out), pattern, ",".join(v)]
                 for out, v in zip(outs, (("ok",), variants, variants))]
     texts = _run_all(commands, [single_env, *envs], logs)
-    single, w0, w1 = (_result(t, out, v) for t, out, v in
+    single, w0, w1 = (read_training_result(t, out, v) for t, out, v in
                       zip(texts, outs, (("ok",), variants, variants)))
     assert single["replicas"] == 1 and w0["replicas"] == w1["replicas"] == 2
     assert "MultiWorkerMirroredStrategy: TF_CONFIG names 2 workers" in w0["reason"]
