@@ -101,12 +101,13 @@ def load_model(model_dir: str) -> Tuple[ServeFn, SliceConfig]:
     return serving_function(model), config
 
 
-def load_input(input_path: str, label_path: Optional[str] = None) -> CanonicalCase:
+def load_input(input_path: str, label_path: Optional[str] = None,
+               case_id: Optional[str] = None) -> CanonicalCase:
     """The volume (and ground truth) read, checked and reoriented exactly as the ExampleGen does
     (preprocessing/case_conversion.py case_examples): stored values kept, HU scaling applied per
     slice after resampling, so the model gets the training pixels bit for bit. CaseError (file,
-    reason) on any bad input."""
-    case_id = storage.basename(input_path).split(".nii")[0]
+    reason, case id) on any bad input. `case_id`: a manifest's; default the file name's."""
+    case_id = case_id or storage.basename(input_path).split(".nii")[0]
     return canonicalize_case(read_case(CaseFiles(case_id, input_path, label_path)), hu=False)
 
 
@@ -236,7 +237,7 @@ def predict_case(serve: ServeFn, config: SliceConfig, files: CaseFiles, output_p
     """Reads, segments and writes one case of a folder run; its predictions.csv row (seconds:
     read + segment + write). CaseError naming the file on bad input."""
     start = time.perf_counter()
-    case = load_input(files.image_path, files.label_path)
+    case = load_input(files.image_path, files.label_path, case_id=files.case_id)
     mask, num_classes = segment_case(serve, config, case, files.image_path, output_path,
                                      threshold, batch_size)
     row = volume_row(files.case_id, mask, case, num_classes)

@@ -22,7 +22,10 @@ Written to --output (local or a URI, through preprocessing/storage.py):
                  "global": {"candidate": {class: {"global_dice", "mean_dice"}},
                             "baseline": {...} | null},
                  "seconds_per_volume": float | null,
-                 "errors": [{"case_id", "file", "reason"}]}    undefined values are null
+                 "errors": [{"case_id", "file", "reason"}],   cases of the split not evaluated
+                 "rejected_before_split": [...]}   found but never a case (no segmentation,
+                                                  duplicate id, bad manifest row): no split
+                 undefined values are null
   metrics.csv   a row per case and model: case_id, model (candidate/baseline), <class>_<metric>
   worst_slices.npz  for the `worst_volumes` cases of lowest candidate liver Dice, the
                 `worst_slices` axial slices with the most wrong voxels (most first):
@@ -30,8 +33,9 @@ Written to --output (local or a URI, through preprocessing/storage.py):
                 0/1/2), __slice_index (int32 [k], z of the canonical volume). [H, W] as the model
                 sees a slice (slices.canonical_to_display: rows anterior -> posterior, columns
                 patient right -> left), every n-th pixel so that H, W <= 256.
-A case that cannot be read is logged (one line: file, reason), listed under "errors", and the
-command exits with status 1 after evaluating the others.
+A case that cannot be read or scored is logged (one line: file, reason), listed under "errors",
+and the command exits with status 1 after evaluating the others; so does one rejected before
+the split.
 """
 from __future__ import annotations
 
@@ -125,16 +129,19 @@ def evaluate_case(files: CaseFiles, models: List[ModelUnderTest], worst: WorstVo
     start = time.perf_counter()
     if files.label_path is None:
         raise CaseError(files.image_path, "no ground truth to evaluate against", files.case_id)
-    case = inference.load_input(files.image_path, files.label_path)   # as predict.py reads it
+    case = inference.load_input(files.image_path, files.label_path,   # as predict.py reads it
+                                case_id=files.case_id)
     truth = np.asarray(case.labels)
     record: Dict[str, Any] = {"case_id": files.case_id,
                               "spacing_mm": [float(s) for s in case.spacing],
                               "num_slices": int(truth.shape[2])}
-    classes = None
-    for model in models:
-        pred = model.segment(case, batch_size, threshold)
-        classes = classes or model.scorer.classes          # the candidate's: scored first
-        scores = model.scorer.score(truth, pred, case.spacing)
+    # Every model scores the case before any tally counts it: a case that fails half-way is
+    # neither in the table nor in the pooled Dice.
+    measured = [(model, pred, *model.scorer.measure(truth, pred, case.spacing))
+                for model, pred in ((m, m.segment(case, batch_size, threshold)) for m in models)]
+    classes = models[0].scorer.classes                     # the candidate's
+    for model, pred, scores, counts in measured:
+        model.scorer.add(counts)
         record[model.role] = {name: scores.get(name) for name in classes}
         if model.role == "candidate":
             worst.offer(files.case_id, scores["liver"]["dice"], case, truth, pred, classes)
@@ -150,30 +157,39 @@ def evaluate_volumes(model_dir: str, cases: Sequence[CaseFiles],
                      ) -> EvaluationResult:
     """Segments every slice of every case with the model (and the baseline), scores the whole
     volumes and writes metrics.json, metrics.csv and worst_slices.npz into `output_dir`.
-    `known_errors`: cases rejected before (discovery), reported with the unreadable ones.
+    `known_errors`: entries rejected before the split (discovery), listed apart from the
+    cases of the split that could not be evaluated.
     CaseError when a model directory is not usable."""
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
     models = load_models(model_dir, baseline_model_dir)
     worst = WorstVolumes(worst_volumes, worst_slices)
-    records, errors = [], list(known_errors)
+    records, errors = [], []
     for e in known_errors:
-        LOG.warning("Bad case %s: %s: %s", e.case_id, e.path, e.reason)
+        LOG.warning("Rejected before the split: %s: %s", e.path, e.reason)
     with logging_redirect_tqdm(), tqdm(cases, desc="Volumes", unit="volume",
                                        file=sys.stderr, disable=None) as progress:
         for i, files in enumerate(progress, start=1):
             try:
                 records.append(evaluate_case(files, models, worst, batch_size, threshold))
-            except CaseError as e:
-                e.case_id = e.case_id or files.case_id
-                errors.append(e)
-                LOG.warning("Bad case %s: %s: %s", e.case_id, e.path, e.reason)
+            except Exception as e:   # one bad case is reported; the others are still scored
+                error = _as_case_error(e, files)
+                errors.append(error)
+                LOG.warning("Bad case %s: %s: %s", error.case_id, error.path, error.reason)
+                LOG.debug("Case %s failed", files.case_id, exc_info=True)
                 continue
             LOG.info("Volume %d/%d %s: %s, %.1f s", i, len(cases), files.case_id,
                      _dice_text(records[-1]), records[-1]["seconds"])   # time per volume
-    metrics = metrics_document(models, records, errors)
+    metrics = metrics_document(models, records, errors, list(known_errors))
     write_outputs(output_dir, metrics, worst)
     return EvaluationResult(metrics, errors, output_dir)
+
+
+def _as_case_error(error: Exception, files: CaseFiles) -> CaseError:
+    if isinstance(error, CaseError):
+        error.case_id = error.case_id or files.case_id
+        return error
+    return CaseError(files.image_path, f"{type(error).__name__}: {error}", files.case_id)
 
 
 def _dice_text(record: Dict[str, Any]) -> str:
@@ -182,8 +198,13 @@ def _dice_text(record: Dict[str, Any]) -> str:
     return text + (f" (baseline {baseline['dice']:.4f})" if baseline else "")
 
 
+def _error_entries(errors: Sequence[CaseError]) -> List[Dict[str, Any]]:
+    return [{"case_id": e.case_id, "file": e.path, "reason": e.reason} for e in errors]
+
+
 def metrics_document(models: List[ModelUnderTest], records: List[Dict[str, Any]],
-                     errors: List[CaseError]) -> Dict[str, Any]:
+                     errors: List[CaseError], rejected: Sequence[CaseError] = ()
+                     ) -> Dict[str, Any]:
     """metrics.json's content (module docstring)."""
     by_role = {m.role: m for m in models}
     candidate, baseline = by_role["candidate"], by_role.get("baseline")
@@ -200,8 +221,8 @@ def metrics_document(models: List[ModelUnderTest], records: List[Dict[str, Any]]
             "global": {"candidate": pooled(candidate),
                        "baseline": pooled(baseline) if baseline else None},
             "seconds_per_volume": float(np.mean(seconds)) if seconds else None,
-            "errors": [{"case_id": e.case_id, "file": e.path, "reason": e.reason}
-                       for e in errors]}
+            "errors": _error_entries(errors),
+            "rejected_before_split": _error_entries(rejected)}
 
 
 def csv_text(metrics: Dict[str, Any]) -> str:
@@ -229,7 +250,9 @@ def write_outputs(output_dir: str, metrics: Dict[str, Any], worst: WorstVolumes)
 def summary_lines(result: EvaluationResult) -> List[str]:
     m = result.metrics
     lines = [f"Evaluated {len(m['cases'])} volumes, {len(result.errors)} bad"
-             + (f", {m['seconds_per_volume']:.1f} s/volume" if m["cases"] else "")]
+             + (f", {m['seconds_per_volume']:.1f} s/volume" if m["cases"] else "")
+             + (f"; {len(m['rejected_before_split'])} entries rejected before the split"
+                if m["rejected_before_split"] else "")]
     for role in ("candidate", "baseline"):
         for name, pooled in (m["global"][role] or {}).items():
             if pooled and pooled["global_dice"] is not None:
@@ -298,7 +321,7 @@ def main(argv=None) -> int:
         print(f"volume_eval: error: {args.output}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print("\n".join(summary_lines(result)))
-    return EXIT_BAD_INPUT if result.errors else 0
+    return EXIT_BAD_INPUT if result.errors or result.metrics["rejected_before_split"] else 0
 
 
 if __name__ == "__main__":

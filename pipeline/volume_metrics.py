@@ -35,7 +35,7 @@ when every mask of every case is empty, and both are None before any case was ad
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import surface_distance
@@ -135,19 +135,31 @@ class CaseScorer:
         self.classes = tuple(classes)
         self.tallies = {name: DiceTally() for name in self.classes}
 
-    def score(self, truth_labels: np.ndarray, pred_labels: np.ndarray,
-              spacing_mm: Sequence[float]) -> Dict[str, Metrics]:
-        """{class: metrics} of one case (label maps on the same grid); adds it to the tallies."""
+    def measure(self, truth_labels: np.ndarray, pred_labels: np.ndarray,
+                spacing_mm: Sequence[float]
+                ) -> Tuple[Dict[str, Metrics], Dict[str, OverlapCounts]]:
+        """({class: metrics}, {class: counts}) of one case (label maps on the same grid),
+        without adding it to the tallies (`add` does, once every model of the case scored)."""
         if truth_labels.shape != pred_labels.shape:
             raise ValueError(f"truth {truth_labels.shape} and prediction {pred_labels.shape} "
                              "differ in shape")
-        out = {}
+        metrics, counts = {}, {}
         for name in self.classes:
             truth, pred = class_mask(truth_labels, name), class_mask(pred_labels, name)
-            counts = OverlapCounts.of(truth, pred)
-            self.tallies[name].add(counts)
-            out[name] = mask_metrics(truth, pred, spacing_mm, counts)
-        return out
+            counts[name] = OverlapCounts.of(truth, pred)
+            metrics[name] = mask_metrics(truth, pred, spacing_mm, counts[name])
+        return metrics, counts
+
+    def add(self, counts: Dict[str, OverlapCounts]) -> None:
+        for name, class_counts in counts.items():
+            self.tallies[name].add(class_counts)
+
+    def score(self, truth_labels: np.ndarray, pred_labels: np.ndarray,
+              spacing_mm: Sequence[float]) -> Dict[str, Metrics]:
+        """{class: metrics} of one case; adds it to the tallies."""
+        metrics, counts = self.measure(truth_labels, pred_labels, spacing_mm)
+        self.add(counts)
+        return metrics
 
     def summary(self) -> Dict[str, Metrics]:
         """{class: {"global_dice", "mean_dice"}}."""

@@ -271,3 +271,53 @@ def test_component_runs_on_the_serving_dir_and_records_figures(setup):
         node = volume_evaluator(channel, data, ConversionSettings(), baseline_model=baseline)
         assert ("baseline_model" in node.inputs) == (baseline is not None)
         assert node.outputs["evaluation"].type is VolumeEvaluation
+
+
+def test_a_manifest_case_keeps_its_id_and_a_failing_baseline_counts_nowhere(setup, tmp_path,
+                                                                          monkeypatch):
+    """A bad case is named by the manifest's case_id; a case the baseline cannot score is in
+    neither the table nor either pooled Dice; entries rejected before the split are listed
+    apart from the failures."""
+    data, model_dir, work = setup
+    payload = open(os.path.join(data, "volume-0.nii.gz"), "rb").read()
+    (tmp_path / "broken.nii.gz").write_bytes(payload[: len(payload) // 2])
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(
+        "image,label,case_id\n"
+        f"{data}/volume-0.nii.gz,{data}/segmentation-0.nii.gz,first\n"
+        f"{tmp_path}/broken.nii.gz,{data}/segmentation-0.nii.gz,second\n"
+        f"{data}/volume-1.nii.gz,,third\n")
+    from preprocessing.case_discovery import discover_manifest_cases
+    cases, rejected = discover_manifest_cases(str(manifest))
+    result = volume_eval.evaluate_volumes(model_dir, cases, model_dir,
+                                          output_dir=str(tmp_path / "out"),
+                                          known_errors=rejected)
+    metrics = result.metrics
+    assert [e["case_id"] for e in metrics["errors"]] == ["second"]
+    assert [e["case_id"] for e in metrics["rejected_before_split"]] == ["third"]
+
+    class BaselineFailsOnFirst:           # the baseline's segmentation fails on one case
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def segment(self, case, batch_size, threshold):
+            if case.case_id == "first":
+                raise MemoryError("out of memory")
+            return self.model.segment(case, batch_size, threshold)
+
+    load_models = volume_eval.load_models
+
+    def with_failing_baseline(candidate_dir, baseline_dir):
+        candidate, baseline = load_models(candidate_dir, baseline_dir)
+        return [candidate, BaselineFailsOnFirst(baseline)]
+
+    monkeypatch.setattr(volume_eval, "load_models", with_failing_baseline)
+    metrics = volume_eval.evaluate_volumes(model_dir, cases, model_dir,
+                                           output_dir=str(tmp_path / "out2")).metrics
+    assert metrics["cases"] == []
+    assert [(e["case_id"], e["reason"]) for e in metrics["errors"]] == [
+        ("first", "MemoryError: out of memory"), ("second", metrics["errors"][1]["reason"])]
+    assert metrics["global"]["candidate"]["liver"]["global_dice"] is None
