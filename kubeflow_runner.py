@@ -81,12 +81,17 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 "s3://BUCKET/... and point S3_ENDPOINT at MinIO (docs/deploy.md)")
 
 
+MODEL_COMPONENTS = ("Trainer", "VolumeEvaluator")
+
+
 def _apply_resources(pipeline, args: argparse.Namespace) -> None:
     trainer = kt.resource_spec(args.trainer_cpu, args.trainer_memory, args.trainer_gpus,
                                args.gpu_type)
     beam = kt.resource_spec(args.beam_cpu, args.beam_memory)
     for component in pipeline.components:
-        if component.id == "Trainer" and trainer is not None:
+        # The VolumeEvaluator runs the model over every slice of the eval volumes (and the
+        # baseline's): it gets the Trainer's machine.
+        if component.id in MODEL_COMPONENTS and trainer is not None:
             component.with_platform_config(trainer)
         elif component.id in BEAM_COMPONENTS and beam is not None:
             component.with_platform_config(beam)

@@ -161,7 +161,11 @@ def _run(args: argparse.Namespace, run_log, say) -> int:
     if summary and summary.get("report"):
         # The artifact's report, also at a fixed place: the last line a user reads.
         report = os.path.join(os.path.abspath(args.output_dir), EVAL_REPORT_FILE)
-        storage.copy(summary["report"], report)
+        try:
+            storage.copy(summary["report"], report)
+        except OSError as e:   # the run itself succeeded: say where the artifact's copy is
+            logging.getLogger(__name__).warning("Could not copy the report to %s: %s", report, e)
+            report = summary["report"]
         text += f"\nEvaluation report (open in a browser): {report}"
     print(text, flush=True)
     logging.getLogger(__name__).info("Run summary:%s", text)   # the log file keeps it too

@@ -116,6 +116,3 @@ def discover_manifest_cases(csv_path: str, allow_unlabeled: bool = False
         else:
             cases.append(files)
     return cases, errors
-
-
-# --- reading -------------------------------------------------------------------------------------

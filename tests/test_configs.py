@@ -1,5 +1,6 @@
 """Runner flags -> PipelineConfig -> the components' settings."""
 import json
+import os
 
 import pytest
 
@@ -91,3 +92,18 @@ def test_beam_args_without_a_runner_get_the_local_one():
     config = make_config(beam_pipeline_args=["--direct_num_workers=2"])
     assert config.beam_pipeline_args[1:] == ["--direct_num_workers=2"]
     assert config.beam_pipeline_args[0].startswith("--runner=")
+
+
+def test_runners_parse_flags_without_the_heavy_stack():
+    """`--help` and flag errors come back in a moment: the runners' flags and the configs they
+    build import no TensorFlow, TFX, Beam or Keras."""
+    import subprocess
+    import sys
+    code = ("import sys, local_runner, kubeflow_runner; "
+            "local_runner.config_from_args(local_runner.parse_args([])); "
+            "print(sorted(m for m in ('tensorflow', 'tfx', 'apache_beam', 'keras') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

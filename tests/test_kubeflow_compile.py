@@ -112,13 +112,17 @@ def test_vertex_keeps_the_baseline_resolvers(compiled):
 def test_resources_from_flags(compiled, name):
     containers = _containers(compiled[name][1])
     gpu_type = kt.DEFAULT_GPU_TYPE[VARIANTS[name][0]]
-    assert containers["Trainer_executor"]["resources"] == {
-        "accelerator": {"count": "2", "type": gpu_type}, "cpuLimit": 8.0, "memoryLimit": 64.0}
+    for component in kubeflow_runner.MODEL_COMPONENTS:   # the Trainer and the VolumeEvaluator
+        assert containers[f"{component}_executor"]["resources"] == {
+            "accelerator": {"count": "2", "type": gpu_type}, "cpuLimit": 8.0,
+            "memoryLimit": 64.0}, component
     for component in kubeflow_runner.BEAM_COMPONENTS:
         assert containers[f"{component}_executor"]["resources"] == {
             "cpuLimit": 4.0, "memoryLimit": 16.0}, component
     sized = {n for n, c in containers.items() if "resources" in c}
-    assert sized == {f"{c}_executor" for c in ("Trainer", *kubeflow_runner.BEAM_COMPONENTS)}
+    assert sized == {f"{c}_executor" for c in (*kubeflow_runner.MODEL_COMPONENTS,
+                                               *kubeflow_runner.BEAM_COMPONENTS)}
+    assert "VolumeEvaluator_executor" in sized
 
 
 @pytest.mark.parametrize("name", ["kfp_plain", "vertex_plain"])
