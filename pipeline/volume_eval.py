@@ -58,11 +58,9 @@ from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_settings import ConversionSettings
 from preprocessing.nifti import CaseError, CaseFiles
 from preprocessing.splits import EVAL
-from schema.contract import CONSOLE_LOGGER, VOLUME_METRICS_FILE
+from schema.contract import (CONSOLE_LOGGER, VOLUME_METRICS_CSV_FILE, VOLUME_METRICS_FILE,
+                             WORST_SLICES_FILE)
 
-METRICS_FILE = VOLUME_METRICS_FILE
-CSV_FILE = "metrics.csv"
-WORST_SLICES_FILE = "worst_slices.npz"
 SPLITS = (EVAL, "all")
 EXIT_BAD_INPUT = 1
 LOG = logging.getLogger(CONSOLE_LOGGER)
@@ -239,9 +237,9 @@ def csv_text(metrics: Dict[str, Any]) -> str:
 
 def write_outputs(output_dir: str, metrics: Dict[str, Any], worst: WorstVolumes) -> None:
     # allow_nan=False: an undefined value must be null, never a NaN that JSON cannot hold.
-    storage.write_text(storage.join(output_dir, METRICS_FILE),
+    storage.write_text(storage.join(output_dir, VOLUME_METRICS_FILE),
                        json.dumps(metrics, indent=1, allow_nan=False))
-    storage.write_text(storage.join(output_dir, CSV_FILE), csv_text(metrics))
+    storage.write_text(storage.join(output_dir, VOLUME_METRICS_CSV_FILE), csv_text(metrics))
     storage.write_bytes(storage.join(output_dir, WORST_SLICES_FILE), worst.npz_bytes())
 
 
@@ -262,7 +260,8 @@ def summary_lines(result: EvaluationResult) -> List[str]:
         worst = min(m["cases"], key=lambda c: c["candidate"]["liver"]["dice"])
         lines.append(f"Worst case: {worst['case_id']}, liver Dice "
                      f"{worst['candidate']['liver']['dice']:.4f}")
-    lines.append(f"Wrote {METRICS_FILE}, {CSV_FILE}, {WORST_SLICES_FILE} to {result.output_dir}")
+    lines.append(f"Wrote {VOLUME_METRICS_FILE}, {VOLUME_METRICS_CSV_FILE}, {WORST_SLICES_FILE} "
+                 f"to {result.output_dir}")
     return lines
 
 

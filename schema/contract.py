@@ -30,6 +30,8 @@ TRAINING_REPORT_FILE = "training_report.json"  # device choice with reason, spee
 # The name is also the import path of its class on Kubeflow (components/artifacts.py).
 VOLUME_EVALUATION_TYPE = "components.VolumeEvaluation"
 VOLUME_METRICS_FILE = "metrics.json"
+VOLUME_METRICS_CSV_FILE = "metrics.csv"
+WORST_SLICES_FILE = "worst_slices.npz"
 EVAL_REPORT_FILE = "eval_report.html"
 
 # What a person sees while it runs (pipeline/console.py sets it up; the Trainer's progress

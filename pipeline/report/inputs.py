@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from pipeline.evaluation_config import EvalConfig
-from pipeline.volume_eval import METRICS_FILE, WORST_SLICES_FILE
 from preprocessing import storage
+from schema.contract import VOLUME_METRICS_FILE, WORST_SLICES_FILE
 
 # The files TFX's Evaluator writes into a ModelBlessing artifact.
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
@@ -56,7 +56,7 @@ class Thresholds:
 
 
 def read_volume_eval(folder: str) -> VolumeEval:
-    metrics = json.loads(storage.read_text(storage.join(folder, METRICS_FILE)))
+    metrics = json.loads(storage.read_text(storage.join(folder, VOLUME_METRICS_FILE)))
     worst_path = storage.join(folder, WORST_SLICES_FILE)
     worst = read_worst_slices(worst_path) if storage.exists(worst_path) else {}
     return VolumeEval(
