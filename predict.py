@@ -54,7 +54,7 @@ import numpy as np
 
 from pipeline import inference
 from pipeline.inference import (CaseError, check_model_dir, check_output, load_input,
-                                load_model, segment_case, to_source_orientation)
+                                load_model, segment_case, volume_row)
 from preprocessing import storage
 
 EXIT_BAD_INPUT = 1
@@ -118,12 +118,10 @@ def predict_one(args: argparse.Namespace) -> int:
     logging.info("Wrote %s: shape %s, %d liver voxels%s, %.1f s", args.output, mask.shape,
                  int(np.count_nonzero(mask)), tumor, time.time() - start)
     if args.label:
-        from models.metrics import dice_numpy
-        true = to_source_orientation(case.labels, case)   # checked by load_input: 0/1/2
-        print(f"Liver Dice against {args.label}: {dice_numpy(mask > 0, true > 0):.4f}")
+        row = volume_row(case.case_id, mask, case, num_classes)   # the folder run's Dice
+        print(f"Liver Dice against {args.label}: {row['liver_dice']:.4f}")
         if num_classes > 1:
-            print(f"Tumour Dice against {args.label}: "
-                  f"{dice_numpy(mask == 2, true == 2):.4f}")
+            print(f"Tumour Dice against {args.label}: {row['tumour_dice']:.4f}")
     return 0
 
 
