@@ -112,8 +112,8 @@ def predict_one(args: argparse.Namespace) -> int:
     check_output(args.output)
     case = load_input(args.input, args.label)
     serve, config = load_model(args.model)
-    mask, num_classes = segment_case(serve, config, case, args.input, args.output,
-                                     args.threshold, args.batch_size)
+    mask, num_classes = segment_case(serve, config, case, args.output, args.threshold,
+                                     args.batch_size)
     tumor = f" (incl. {np.count_nonzero(mask == 2)} tumour)" if num_classes > 1 else ""
     logging.info("Wrote %s: shape %s, %d liver voxels%s, %.1f s", args.output, mask.shape,
                  int(np.count_nonzero(mask)), tumor, time.time() - start)

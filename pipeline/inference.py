@@ -154,10 +154,10 @@ def mask_file_bytes(mask: np.ndarray, case: CanonicalCase, output_path: str) -> 
     return gzip.compress(data, compresslevel=1, mtime=0) if output_path.endswith(".gz") else data
 
 
-def segment_case(serve: ServeFn, config: SliceConfig, case: CanonicalCase, input_path: str,
-                 output_path: str, threshold: float = 0.5, batch_size: int = 16):
-    """Writes the label map of a loaded case (load_input, which keeps the header of
-    `input_path`) to `output_path`; returns it (the input's grid) and the model's output
+def segment_case(serve: ServeFn, config: SliceConfig, case: CanonicalCase, output_path: str,
+                 threshold: float = 0.5, batch_size: int = 16):
+    """Writes the label map of a loaded case (load_input, which keeps the input file's affine
+    and header) to `output_path`; returns it (the input's grid) and the model's output
     channels."""
     probs = predict_probabilities(serve, case, config, batch_size)
     mask = to_source_orientation(probabilities_to_labels(probs, threshold), case)
@@ -175,7 +175,7 @@ def segment_volume(model_dir: str, input_path: str, output_path: str,
     check_model_dir(model_dir)          # before reading a large volume
     case = load_input(input_path)
     serve, config = load_model(model_dir)
-    return segment_case(serve, config, case, input_path, output_path, threshold, batch_size)
+    return segment_case(serve, config, case, output_path, threshold, batch_size)
 
 
 # --- many volumes: a folder or a manifest ---------------------------------------------------------
@@ -207,8 +207,11 @@ def discover_inputs(input_path: str) -> Tuple[List[CaseFiles], List[CaseError]]:
 
 
 def mask_path(output_dir: str, case_id: str) -> str:
-    """Where a folder run writes a case's mask (case ids with a path separator stay inside)."""
-    return storage.join(output_dir, case_id.replace("/", "_").replace("\\", "_") + MASK_SUFFIX)
+    """Where a folder run writes a case's mask: `<case id>_mask.nii.gz`, with "%", "/" and "\\"
+    in the id percent-encoded, so that the mask stays in the folder and two case ids (which
+    discovery keeps unique) never share a file ("a/b" -> "a%2Fb", "a_b" stays)."""
+    name = case_id.replace("%", "%25").replace("/", "%2F").replace("\\", "%5C")
+    return storage.join(output_dir, name + MASK_SUFFIX)
 
 
 def volume_row(case_id: str, mask: np.ndarray, case: CanonicalCase, num_classes: int
@@ -238,8 +241,7 @@ def predict_case(serve: ServeFn, config: SliceConfig, files: CaseFiles, output_p
     read + segment + write). CaseError naming the file on bad input."""
     start = time.perf_counter()
     case = load_input(files.image_path, files.label_path, case_id=files.case_id)
-    mask, num_classes = segment_case(serve, config, case, files.image_path, output_path,
-                                     threshold, batch_size)
+    mask, num_classes = segment_case(serve, config, case, output_path, threshold, batch_size)
     row = volume_row(files.case_id, mask, case, num_classes)
     row["seconds"] = time.perf_counter() - start
     return row

@@ -156,3 +156,16 @@ def test_a_volume_without_segmentation_is_a_case_to_segment(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(inference.CaseError, match="no volumes found"):
         inference.discover_inputs(str(tmp_path / "empty"))
+
+
+def test_mask_paths_stay_in_the_folder_and_never_collide():
+    """Case ids from a manifest may hold path separators: each mask stays inside the output
+    folder under a name no other case id maps to (replacing "/" by "_" sent "a/b" and "a_b" to
+    one file, the second overwriting the first)."""
+    ids = ["a/b", "a_b", "a%2Fb", "a\\b", "a%5Cb", "volume-3", "../up"]
+    paths = [inference.mask_path("out", case_id) for case_id in ids]
+    assert len(set(paths)) == len(ids), paths
+    for path in paths:
+        assert os.path.dirname(path) == "out" and path.endswith(inference.MASK_SUFFIX), path
+    assert inference.mask_path("out", "volume-3") == os.path.join(
+        "out", "volume-3" + inference.MASK_SUFFIX)

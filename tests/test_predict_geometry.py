@@ -180,8 +180,8 @@ def run_predict(files, config, model, out_dir):
     out_path = os.path.join(out_dir,
                             os.path.basename(files.image_path).replace(".nii", "_pred.nii"))
     case = inference.load_input(files.image_path)
-    inference.segment_case(inference.serving_function(model), config, case, files.image_path,
-                         out_path, batch_size=5)   # 5: batches that do not divide Z
+    inference.segment_case(inference.serving_function(model), config, case, out_path,
+                           batch_size=5)   # 5: batches that do not divide Z
     return nib.load(out_path), nib.load(files.label_path)
 
 
