@@ -171,7 +171,14 @@ def shard_name(prefix: str, bucket: int, num_buckets: int, suffix: str) -> str:
 
 class MergeBucketFn(beam.DoFn):
     """Pass 2 of write_examples: one bucket's compressed records, read back, put in a seeded
-    random order and written as one shard. Yields (split, records written)."""
+    random order and written as one shard. Yields (split, records written).
+
+    A bundle's spill file holds records of many buckets, so its index is wanted by each of them:
+    indexes read are kept per worker (up to INDEX_CACHE_ENTRIES entries, least recently used
+    dropped), so that a worker reads each index once rather than once per bucket (one request
+    per read on an object store)."""
+
+    INDEX_CACHE_ENTRIES = 2_000_000   # ~100 bytes each: ~200 MB per worker at the most
 
     def __init__(self, split_dirs: Dict[str, str], num_buckets: Dict[str, int], prefix: str,
                  suffix: str, seed: int):
@@ -181,14 +188,34 @@ class MergeBucketFn(beam.DoFn):
     def setup(self):
         self._stages = StageCounters()
         self._records = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "records_written")
+        self._index_reads = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "spill_index_reads")
+        # spill path -> {bucket: [(offset, length, crc), ...]}, least recently used first
+        self._indexes: "collections.OrderedDict[str, Dict[int, list]]" = collections.OrderedDict()
+        self._cached_entries = 0
+
+    def _bucket_parts(self, path: str, bucket: int) -> List[Tuple[int, int, int]]:
+        """(offset, length, crc) of the records of `bucket` in the spill file, in file order."""
+        if path in self._indexes:
+            self._indexes.move_to_end(path)
+        else:
+            entries = read_index(path)
+            self._index_reads.inc()
+            by_bucket: Dict[int, list] = collections.defaultdict(list)
+            for b, offset, length, crc in entries:
+                by_bucket[b].append((offset, length, crc))
+            self._indexes[path] = dict(by_bucket)
+            self._cached_entries += len(entries)
+            while self._cached_entries > self.INDEX_CACHE_ENTRIES and len(self._indexes) > 1:
+                _, dropped = self._indexes.popitem(last=False)
+                self._cached_entries -= sum(len(v) for v in dropped.values())
+        return self._indexes[path].get(bucket, [])
 
     def process(self, element):
         (split, bucket), paths = element
         t = time.perf_counter()
         blobs = []
         for path in sorted(set(paths)):
-            parts = [(offset, length, crc) for b, offset, length, crc in read_index(path)
-                     if b == bucket]
+            parts = self._bucket_parts(path, bucket)
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 position = 0
                 for offset, length, crc in parts:

@@ -22,7 +22,8 @@ from preprocessing.beam_convert import add_conversion, convert_cases
 from preprocessing.case_discovery import discover_lits_cases
 from preprocessing.conversion_plan import ConversionPlan
 from preprocessing.conversion_report import write_lines
-from preprocessing.shard_writer import compress_record, remove_temp_dir
+from preprocessing.conversion_stages import COUNTER_NAMESPACE
+from preprocessing.shard_writer import compress_record, remove_temp_dir, write_examples
 from preprocessing.slices import SliceConfig
 from preprocessing.splits import assign_splits
 from preprocessing.synthetic_ct import write_dataset
@@ -102,6 +103,27 @@ def test_gzip_member_records_are_one_valid_stream(tmp_path):
             f.write(compress_record(r, 1)[0])
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), "GZIP")] == records
     gzip.decompress(path.read_bytes())   # CRCs and lengths of every member check out
+
+
+def test_each_spill_index_is_read_once_per_worker_not_once_per_bucket(tmp_path):
+    """The merge step reads a spill file's index once, though the file holds records of every
+    bucket (before: one read per bucket and file, a request each on an object store), and the
+    shards still hold every record exactly once."""
+    from apache_beam.metrics.metric import MetricsFilter
+    records = [f"record {i} ".encode() * (1 + i % 7) for i in range(300)]
+    temp, out = str(tmp_path / "tmp"), str(tmp_path / "train")
+    p = beam.Pipeline(options=PipelineOptions(IN_MEMORY))
+    write_examples({"train": p | beam.Create(records)}, {"train": out}, temp, {"train": 8},
+                   compress_threads=1)
+    result = p.run()
+    result.wait_until_finish()
+    spill_indexes = glob.glob(os.path.join(temp, "**", "*.index"), recursive=True)
+    shards = sorted(glob.glob(os.path.join(out, "data_tfrecord-*-of-00008.gz")))
+    assert len(shards) == 8   # every bucket got records, so each needed the index
+    reads = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE)
+                                   .with_name("spill_index_reads"))["counters"]
+    assert spill_indexes and sum(c.committed for c in reads) == len(spill_indexes)
+    assert sorted(r.numpy() for r in tf.data.TFRecordDataset(shards, "GZIP")) == sorted(records)
 
 
 def _write_and_read(data_root, out_dir, beam_args):
