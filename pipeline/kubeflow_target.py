@@ -14,6 +14,7 @@ import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from preprocessing import storage
+from preprocessing.conversion_settings import beam_flag_values, beam_runner
 
 KFP, VERTEX = "kfp", "vertex"
 TARGETS = (KFP, VERTEX)
@@ -83,27 +84,6 @@ def resource_spec(cpu: Optional[float] = None, memory_gb: Optional[float] = None
     return spec
 
 
-def _flag_values(args: Sequence[str], name: str) -> List[str]:
-    """Values of `name` in Beam args written `--name=value` or `--name value`."""
-    values = []
-    for i, arg in enumerate(args):
-        if arg.startswith(name + "="):
-            values.append(arg.split("=", 1)[1])
-        elif arg == name and i + 1 < len(args):
-            values.append(args[i + 1])
-    return values
-
-
-def beam_runner(args: Sequence[str]) -> Optional[str]:
-    """The runner's short name ("dataflow", "flink", "fnapi", ...) from `--runner`, as Beam
-    resolves it (case-insensitive, an optional "Runner" suffix, a dotted class path)."""
-    runners = _flag_values(args, "--runner")
-    if not runners:
-        return None
-    name = runners[-1].rsplit(".", 1)[-1].lower()
-    return name[:-len("runner")] if name.endswith("runner") else name
-
-
 def with_worker_packaging(args: Optional[Sequence[str]], image: str
                           ) -> Tuple[Optional[List[str]], Optional[str]]:
     """(beam args, note): for a runner whose workers run outside the task's container, the
@@ -115,7 +95,7 @@ def with_worker_packaging(args: Optional[Sequence[str]], image: str
     runner = beam_runner(args)
     if runner not in _DATAFLOW_RUNNERS + _PORTABLE_RUNNERS:
         return args, None
-    given = [f for f in _PACKAGING_FLAGS if _flag_values(args, f)]
+    given = [f for f in _PACKAGING_FLAGS if beam_flag_values(args, f)]
     if given:
         return args, (f"Beam workers ({runner}): packaging left as given ({', '.join(given)}); "
                       "they must be able to import this project's package.")

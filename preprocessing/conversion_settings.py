@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from preprocessing.slices import SliceConfig
 
@@ -26,23 +26,33 @@ DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 DASK_ONE_CASE_PER_TASK = "--dask_partition_size=1"
 
 
-def beam_runner_name(beam_args: List[str]) -> Optional[str]:
-    """The last --runner value (`--runner=X` or `--runner X`), as given; None without one."""
-    runner = None
+def beam_flag_values(beam_args: Sequence[str], name: str) -> List[str]:
+    """Values of `name` in Beam args written `--name=value` or `--name value`, in order."""
+    values = []
     for i, arg in enumerate(beam_args):
-        if arg.startswith("--runner="):
-            runner = arg.split("=", 1)[1]
-        elif arg == "--runner" and i + 1 < len(beam_args):
-            runner = beam_args[i + 1]
-    return runner
+        if arg.startswith(name + "="):
+            values.append(arg.split("=", 1)[1])
+        elif arg == name and i + 1 < len(beam_args):
+            values.append(beam_args[i + 1])
+    return values
+
+
+def beam_runner(beam_args: Sequence[str]) -> Optional[str]:
+    """The runner's short name ("dask", "dataflow", "flink", "fnapi", ...) from the last
+    `--runner`, as Beam resolves it (case-insensitive, an optional "Runner" suffix, a dotted class
+    path); None without one."""
+    runners = beam_flag_values(beam_args, "--runner")
+    if not runners:
+        return None
+    name = runners[-1].rsplit(".", 1)[-1].lower()
+    return name[:-len("runner")] if name.endswith("runner") else name
 
 
 def conversion_beam_args(beam_args: List[str]) -> List[str]:
     """The conversion's Beam args: on the DaskRunner one case per task unless the args partition
     otherwise (--dask_partition_size / --dask_npartitions); other runners' args unchanged."""
     args = list(beam_args)
-    runner = beam_runner_name(args) or ""
-    if runner.rsplit(".", 1)[-1].lower() == "daskrunner" and not any(
+    if beam_runner(args) == "dask" and not any(
             a.startswith(("--dask_partition_size", "--dask_npartitions")) for a in args):
         args.append(DASK_ONE_CASE_PER_TASK)
     return args
