@@ -41,7 +41,11 @@ def read_eval_metrics(eval_uri: str, names=tuple(EVAL_METRICS.values())
     """{metric: {slice name: value}} from a TFMA evaluation, slice names "overall",
     "volume_id=...", "has_tumor=1"...; a metric the evaluation lacks maps to {}."""
     import tensorflow_model_analysis as tfma   # heavy; only when there is an evaluation
-    result = tfma.load_eval_result(eval_uri)
+    return slice_metrics(tfma.load_eval_result(eval_uri), names)
+
+
+def slice_metrics(result, names=tuple(EVAL_METRICS.values())) -> Dict[str, Dict[str, float]]:
+    """read_eval_metrics for an already loaded TFMA EvalResult."""
     out: Dict[str, Dict[str, float]] = {name: {} for name in names}
     for slice_key, metrics in result.slicing_metrics:
         values = metrics.get("", {}).get("", {})

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 from pipeline.evaluation_config import EvalConfig
 from pipeline.report.inputs import Thresholds
-from pipeline.summary import read_blessing_failures, read_eval_metrics
+from pipeline.summary import read_blessing_failures, slice_metrics
 from pipeline.tfma_dice import DICE, TUMOR_PREFIX, Dice
 from preprocessing import features as F
 
@@ -45,7 +45,9 @@ def _slice_order(name: str):
 
 
 def read_tfma_summary(evaluation_uri: str) -> TfmaSummary:
-    by_metric = read_eval_metrics(evaluation_uri, names=METRICS)
+    import tensorflow_model_analysis as tfma   # heavy; only when there is an evaluation
+    result = tfma.load_eval_result(evaluation_uri)   # read once: metrics and stored config
+    by_metric = slice_metrics(result, names=METRICS)
     slices: Dict[str, Dict[str, float]] = {}
     for metric, values in by_metric.items():
         for slice_name, value in values.items():
@@ -57,14 +59,12 @@ def read_tfma_summary(evaluation_uri: str) -> TfmaSummary:
         failures = None
     return TfmaSummary(uri=evaluation_uri,
                        slices={k: slices[k] for k in sorted(slices, key=_slice_order)},
-                       thresholds=read_thresholds(evaluation_uri), failures=failures)
+                       thresholds=thresholds_from_config(result.config), failures=failures)
 
 
-def read_thresholds(evaluation_uri: str) -> Optional[Thresholds]:
+def thresholds_from_config(config) -> Optional[Thresholds]:
     """The bar and change tolerance on liver Dice from the EvalConfig the Evaluator stored with
     its results (pipeline/evaluation.py sets them on the metric named "dice"); None if absent."""
-    import tensorflow_model_analysis as tfma   # heavy; only when there is an evaluation
-    config = tfma.load_eval_result(evaluation_uri).config
     for spec in config.metrics_specs if config else ():
         for metric in (m for m in spec.metrics if m.class_name == Dice.__name__):
             for per_slice in metric.per_slice_thresholds:
