@@ -13,7 +13,8 @@ from typing import List, Optional
 
 from models.model_config import ModelConfig
 from pipeline.evaluation_config import EvalConfig
-from preprocessing.conversion_settings import LOCAL_BEAM_RUNNER, ConversionSettings
+from preprocessing.conversion_settings import (LOCAL_BEAM_RUNNER, ConversionSettings,
+                                              with_local_runner)
 from preprocessing.slices import SliceConfig
 from preprocessing.storage import absolute, dirname, join
 from preprocessing.synthetic_ct.data_config import SyntheticDataConfig
@@ -133,10 +134,6 @@ def make_config(profile: str = "demo", output_dir: str = "outputs",
             section, field = OVERRIDABLE[name]
             setattr(getattr(config, section), field, value)
     if beam_pipeline_args is not None:
-        # Given args without a runner (e.g. only --direct_running_mode=multi_processing) keep
-        # the local runner that downloads nothing.
-        if not any(arg.startswith("--runner") for arg in beam_pipeline_args):
-            beam_pipeline_args = [LOCAL_BEAM_RUNNER] + list(beam_pipeline_args)
-        config.beam_pipeline_args = beam_pipeline_args
+        config.beam_pipeline_args = with_local_runner(beam_pipeline_args)
     config.enable_cache = enable_cache
     return config

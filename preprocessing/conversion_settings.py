@@ -48,6 +48,13 @@ def beam_runner(beam_args: Sequence[str]) -> Optional[str]:
     return name[:-len("runner")] if name.endswith("runner") else name
 
 
+def with_local_runner(beam_args: Sequence[str]) -> List[str]:
+    """The args, with Beam's in-process runner first when they name no runner (args without one,
+    e.g. only --direct_running_mode=multi_processing, keep the runner that downloads nothing)."""
+    args = list(beam_args)
+    return args if beam_runner(args) is not None else [LOCAL_BEAM_RUNNER] + args
+
+
 def conversion_beam_args(beam_args: List[str]) -> List[str]:
     """The conversion's Beam args: on the DaskRunner one case per task unless the args partition
     otherwise (--dask_partition_size / --dask_npartitions); other runners' args unchanged."""

@@ -44,8 +44,8 @@ from preprocessing.beam_convert import add_conversion, close_runner_client
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_report import check_conversion, summarize_conversion
 from preprocessing.shard_writer import remove_temp_dir
-from preprocessing.conversion_settings import (LOCAL_BEAM_RUNNER, ConversionSettings,
-                                               conversion_beam_args)
+from preprocessing.conversion_settings import (ConversionSettings, conversion_beam_args,
+                                               with_local_runner)
 from preprocessing.slices import SliceConfig
 from preprocessing.splits import EVAL, TRAIN
 from schema.contract import QUARANTINE_FILE, RECORDS_SLICE_CONFIG_FILE
@@ -114,9 +114,7 @@ def settings_from_args(args: argparse.Namespace) -> ConversionSettings:
 
 
 def beam_options(beam_args: List[str]) -> PipelineOptions:
-    args = conversion_beam_args(beam_args)
-    if not any(a.startswith("--runner") for a in args):
-        args.append(LOCAL_BEAM_RUNNER)
+    args = with_local_runner(conversion_beam_args(beam_args))
     if not any(a.startswith("--direct_running_mode") for a in args):
         args.append("--direct_running_mode=in_memory")
     return PipelineOptions(args)

@@ -92,6 +92,13 @@ def test_beam_args_without_a_runner_get_the_local_one():
     config = make_config(beam_pipeline_args=["--direct_num_workers=2"])
     assert config.beam_pipeline_args[1:] == ["--direct_num_workers=2"]
     assert config.beam_pipeline_args[0].startswith("--runner=")
+    # The converter CLI: the same rule, through the same helper; a runner given as two args
+    # ("--runner X") counts as given.
+    from preprocessing.convert import beam_options
+    options = beam_options(["--direct_num_workers=2"]).get_all_options()
+    assert options["runner"] == "FnApiRunner" and options["direct_num_workers"] == 2
+    from preprocessing.conversion_settings import with_local_runner
+    assert with_local_runner(["--runner", "DirectRunner"]) == ["--runner", "DirectRunner"]
 
 
 def test_runners_parse_flags_without_the_heavy_stack():
