@@ -139,7 +139,7 @@ class PreparedVolume:
     """A case on the model's grid, slice-major so that each slice is one contiguous block."""
     image: np.ndarray             # int16 [Z, H, W], windowed HU
     labels: Optional[np.ndarray]  # uint8 [Z, H, W] or None
-    selected: np.ndarray          # indices of the slices to convert (see slice_indices)
+    selected: np.ndarray          # indices of the slices to convert (select_by_liver)
 
     @property
     def num_slices(self) -> int:
