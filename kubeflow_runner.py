@@ -16,10 +16,10 @@ Flink, Spark or portable runner gets the image as its workers' environment unles
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pipeline import configs
 from pipeline import kubeflow_target as kt
+from preprocessing.process_exit import exit_process
 
 # Components whose containers --beam_cpu/--beam_memory size. Not NiftiExampleGen: TFX's
 # ExampleGen builder drops platform config (tfx issue 6146).
@@ -127,4 +127,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

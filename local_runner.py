@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 
 from pipeline import configs
 from preprocessing import storage
+from preprocessing.process_exit import exit_process
 from schema.contract import EVAL_REPORT_FILE
 
 
@@ -173,4 +173,4 @@ def _run(args: argparse.Namespace, run_log, say) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -56,6 +56,7 @@ from pipeline import inference
 from pipeline.inference import (CaseError, check_model_dir, check_output, load_input,
                                 load_model, segment_case, volume_row)
 from preprocessing import storage
+from preprocessing.process_exit import exit_process
 
 EXIT_BAD_INPUT = 1
 
@@ -218,4 +219,4 @@ def _print_summary(args, total: int, rows: list, failed: list, start: float,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -43,8 +43,33 @@ def runner_config_kwargs(target: str) -> Dict[str, object]:
     return {"use_pipeline_spec_2_1": target == KFP}
 
 
+# Every task command goes through this module, which ends the process with the task's own exit
+# status where tensorflow-io's s3:// support would abort it at exit (preprocessing/process_exit.py).
+TASK_ENTRYPOINT = "components.task_entrypoint"
+
+
+def _through_task_entrypoint(command: List[str]) -> List[str]:
+    """["python", "-m", M] -> ["python", "-m", TASK_ENTRYPOINT, M]; other commands unchanged."""
+    if len(command) == 3 and command[1] == "-m" and command[2] != TASK_ENTRYPOINT:
+        return [command[0], "-m", TASK_ENTRYPOINT, command[2]]
+    return command
+
+
+def route_tasks_through_entrypoint(pipeline_spec: dict) -> None:
+    """Puts TASK_ENTRYPOINT in front of every container command of the spec (executors and their
+    preCacheCheck hooks), in place."""
+    for executor in pipeline_spec.get("deploymentSpec", {}).get("executors", {}).values():
+        container = executor.get("container")
+        if not container:
+            continue
+        for hook in [container] + list(container.get("lifecycle", {}).values()):
+            if hook.get("command"):
+                hook["command"] = _through_task_entrypoint(list(hook["command"]))
+
+
 def pipeline_document(job: dict, target: str, pipeline_root: str) -> dict:
     """The document to upload, from the PipelineJob dict KubeflowV2DagRunner builds."""
+    route_tasks_through_entrypoint(job["pipelineSpec"])
     if target == VERTEX:
         return job
     spec = dict(job["pipelineSpec"])

@@ -57,6 +57,7 @@ from preprocessing import storage
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_settings import ConversionSettings
 from preprocessing.nifti import CaseError, CaseFiles
+from preprocessing.process_exit import exit_process
 from preprocessing.splits import EVAL
 from schema.contract import (CONSOLE_LOGGER, VOLUME_METRICS_CSV_FILE, VOLUME_METRICS_FILE,
                              WORST_SLICES_FILE)
@@ -324,4 +325,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

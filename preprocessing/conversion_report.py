@@ -28,7 +28,11 @@ def _keyed(line):   # unannotated: Beam would log each string annotation it cann
 
 class WriteLinesFn(beam.DoFn):
     """(key, lines) -> one uncompressed text file of the sorted lines (empty lines dropped: the
-    marker that makes the file exist when there are none). Yields the path."""
+    marker that makes the file exist when there are none). Yields the path.
+
+    With no lines the file holds one newline, not zero bytes: Beam's s3:// filesystem uploads a
+    file in parts, and S3 (and moto, MinIO) refuses to complete an upload of no part. Readers
+    skip blank lines."""
 
     def __init__(self, path: str):
         self._path = path
@@ -37,7 +41,7 @@ class WriteLinesFn(beam.DoFn):
         lines = sorted(line for line in element[1] if line)
         with FileSystems.create(self._path, mime_type="text/plain",
                                 compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write("".join(line + "\n" for line in lines).encode("utf-8"))
+            f.write("".join(line + "\n" for line in lines).encode("utf-8") or b"\n")
         yield self._path
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from typing import List, Optional, Sequence
 
@@ -43,6 +42,7 @@ from preprocessing import storage
 from preprocessing.beam_convert import add_conversion, close_runner_client
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_report import check_conversion, summarize_conversion
+from preprocessing.process_exit import exit_process
 from preprocessing.shard_writer import remove_temp_dir
 from preprocessing.conversion_settings import (ConversionSettings, conversion_beam_args,
                                                with_local_runner)
@@ -182,4 +182,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -9,9 +9,9 @@ Kubeflow run with its data and pipeline root in object storage works like a loca
   (tests/test_remote_io.py checks that).
 - URIs go through tf.io.gfile. gs:// is built into TensorFlow; s3:// comes from tensorflow-io,
   imported on first use of an s3:// path (credentials and endpoint from the environment:
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, S3_ENDPOINT for MinIO, S3_USE_HTTPS=0
-  for plain http). A process that used s3:// this way aborts at interpreter exit ("pure virtual
-  method called", exit status 134) after its work is done: a tensorflow-io 0.37 teardown bug.
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and S3_ENDPOINT=http://host:port for
+  MinIO, with the scheme). A process that used s3:// this way aborts at interpreter exit
+  (tensorflow-io 0.37.1): end it with preprocessing/process_exit.py's exit_process.
 - TensorFlow's errors are raised as OSError (FileNotFoundError for a missing file), like the
   local ones, so callers catch one kind.
 - Local paths are made absolute (a relative path means the working directory of the caller, not
@@ -175,9 +175,15 @@ def _local_temporary(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+def _is_bucket(path: str) -> bool:
+    """gs://b or s3://b: a bucket, which exists or not, but is no folder to make (TensorFlow's
+    s3 makedirs refuses it: "S3 path doesn't contain a bucket name")."""
+    return path.startswith(_ATOMIC_UPLOAD_SCHEMES) and "/" not in path.split("://", 1)[1].strip("/")
+
+
 def _make_parent(path: str) -> None:
     parent = dirname(path)
-    if parent:
+    if parent and not _is_bucket(parent):
         makedirs(parent)
 
 

@@ -34,6 +34,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -129,8 +130,9 @@ def input_parameters(name: str, task: dict) -> Dict[str, dict]:
 
 
 def executor_input(name: str, task: dict, component: dict, runs: Dict[str, TaskRun],
-                   task_root: Path) -> dict:
-    """The ExecutorInput JSON (as a dict) the backend would give this task."""
+                   task_root: Path, artifact_root: Optional[str] = None) -> dict:
+    """The ExecutorInput JSON (as a dict) the backend would give this task: output artifacts
+    under `artifact_root` (a URI) when given, else under the local `task_root`."""
     inputs = input_parameters(name, task)
     in_types = artifact_types(component, "inputDefinitions")
     inputs["artifacts"] = {}
@@ -143,8 +145,11 @@ def executor_input(name: str, task: dict, component: dict, runs: Dict[str, TaskR
         inputs["artifacts"][key] = {"artifacts": [dict(a, type=in_types[key]) for a in produced]}
     outputs: dict = {"artifacts": {}, "outputFile": str(task_root / OUTPUT_FILE)}
     for key, artifact_type in artifact_types(component, "outputDefinitions").items():
-        uri = task_root / key
-        uri.mkdir(parents=True)   # an object store implies the folder; a local path needs it
+        if artifact_root:
+            uri = f"{artifact_root}/{key}"   # an object store implies the folder
+        else:
+            uri = task_root / key
+            uri.mkdir(parents=True)          # a local path needs it
         outputs["artifacts"][key] = {"artifacts": [{
             "name": f"harness/{task_root.parent.name}/{name}/{key}", "type": artifact_type,
             "uri": str(uri), "metadata": {}}]}
@@ -224,7 +229,7 @@ def read_outputs(name: str, payload: dict, output_file: Path) -> Dict[str, List[
 
 
 def run_task(name: str, task: dict, component: dict, executor: dict, runs: Dict[str, TaskRun],
-             task_root: Path, python: str) -> TaskRun:
+             task_root: Path, python: str, artifact_root: Optional[str] = None) -> TaskRun:
     run = TaskRun(name)
     if "resolver" in executor:   # emulated: nothing resolved, as on a first run
         run.resolver = True
@@ -234,7 +239,7 @@ def run_task(name: str, task: dict, component: dict, executor: dict, runs: Dict[
         raise NotImplementedError(f"{name}: executor kind {sorted(executor)} is not supported")
     container = executor["container"]
     task_root.mkdir(parents=True)
-    payload = executor_input(name, task, component, runs, task_root)
+    payload = executor_input(name, task, component, runs, task_root, artifact_root)
     output_file = Path(payload["outputs"]["outputFile"])
     hook = container.get("lifecycle", {}).get("preCacheCheck")
     if hook:
@@ -248,21 +253,31 @@ def run_task(name: str, task: dict, component: dict, executor: dict, runs: Dict[
 
 
 def run_pipeline(compiled, python: str, root: Optional[str] = None, run_id: Optional[str] = None,
-                 log: Callable[[str], None] = print) -> Dict[str, TaskRun]:
+                 log: Callable[[str], None] = print,
+                 local_root: Optional[str] = None) -> Dict[str, TaskRun]:
     """Runs every task of a compiled file; returns {task: TaskRun} in the order run. Artifacts
     land under <root>/<pipeline name>/<run id>/<task>/<output key>; root defaults to the file's
-    runtimeConfig.gcsOutputDirectory (Vertex) or defaultPipelineRoot."""
+    runtimeConfig.gcsOutputDirectory (Vertex) or defaultPipelineRoot. With a root in object
+    storage (s3://, gs://), what a launcher keeps on the pod's disk (executor_output.json,
+    logs, output parameters) goes under `local_root` (a new temp folder by default)."""
     spec, runtime_config = load_spec(compiled)
     root = root or runtime_config.get("gcsOutputDirectory") or spec.get("defaultPipelineRoot")
     if not root:
         raise ValueError(f"{compiled} names no pipeline root: give one")
     run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S")
-    run_root = Path(root) / spec["pipelineInfo"]["name"] / run_id
+    if "://" in root:
+        run_path = f"{spec['pipelineInfo']['name']}/{run_id}"
+        artifact_run_root: Optional[str] = f"{root.rstrip('/')}/{run_path}"
+        run_root = Path(local_root or tempfile.mkdtemp(prefix="kfp_harness_")) / run_path
+    else:
+        artifact_run_root = None
+        run_root = Path(root) / spec["pipelineInfo"]["name"] / run_id
     tasks = spec["root"]["dag"]["tasks"]
     runs: Dict[str, TaskRun] = {}
     for name in task_order(tasks):
         component, executor = component_and_executor(spec, name)
-        runs[name] = run_task(name, tasks[name], component, executor, runs, run_root / name, python)
+        runs[name] = run_task(name, tasks[name], component, executor, runs, run_root / name, python,
+                              f"{artifact_run_root}/{name}" if artifact_run_root else None)
         log(f"{name}: " + ("resolver, emulated: nothing resolved" if runs[name].resolver else
                            ", ".join(f"{s} {t:.1f} s" for s, t in runs[name].steps.items())))
     return runs

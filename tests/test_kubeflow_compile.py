@@ -137,6 +137,20 @@ def test_every_task_runs_in_the_image(compiled, name):
     assert {c["image"] for c in containers.values()} == {IMAGE}
 
 
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_task_command_goes_through_our_entrypoint(compiled, name):
+    """Executors and the ExampleGen's driver run TFX's entrypoint through ours, which keeps the
+    task's exit status where tensorflow-io's s3:// support would abort the process at exit
+    (tests/test_process_exit.py)."""
+    commands = [hook["command"] for container in _containers(compiled[name][1]).values()
+                for hook in [container, *container.get("lifecycle", {}).values()]]
+    assert len(commands) == len(COMPONENTS) + 1   # + the ExampleGen's preCacheCheck driver
+    for command in commands:
+        assert command[:3] == ["python", "-m", kt.TASK_ENTRYPOINT], command
+        assert len(command) == 4 and command[3].startswith("tfx.orchestration.kubeflow.v2."), \
+            command
+
+
 def _named_imports(spec):
     """(modules, class or function paths) that the tasks of a spec will import."""
     modules, paths = set(), set()
@@ -144,7 +158,7 @@ def _named_imports(spec):
         hooks = [container, *container.get("lifecycle", {}).values()]
         for hook in hooks:
             command = hook["command"]
-            modules.add(command[command.index("-m") + 1])
+            modules.update(command[command.index("-m") + 1:])   # our entrypoint and TFX's
         if "--executor_class_path" in container["args"]:
             paths.add(_arg_after(container["args"], "--executor_class_path"))
     paths.add(_param(spec, "Transform", "preprocessing_fn"))

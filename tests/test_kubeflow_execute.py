@@ -8,9 +8,10 @@ here) on top of .venv's packages: the stand-in for the image (tests/kfp_image.py
 task what the KFP / Vertex backends feed TFX's container entrypoint (see the harness's
 docstring); the vertex resolvers are emulated as resolving nothing, as on a first run.
 
-Paths are local: pipeline root, data root and serving dir are tmp folders. An object store was
-tried (tensorflow-io's S3 against moto works, but every process that used s3:// aborts at
-interpreter exit with code 134, so every task would fail on its exit code).
+Paths are local (tmp folders) for both targets, and the kfp file runs once more with pipeline
+root, data root and serving dir in S3: moto's server on loopback (tests/s3_server.py), the tasks
+given the environment a pod on a cluster with MinIO gets. There every task must also survive
+tensorflow-io's abort at exit (components.task_entrypoint, tests/test_process_exit.py).
 
 Passes when every task exits 0, the Evaluator blesses the model (BLESSED in the blessing's uri,
 `blessed` = 1 in its metadata) and the Pusher pushes a SavedModel under the serving dir.
@@ -48,12 +49,12 @@ def tiny_ct(image, tmp_path_factory) -> Path:
     return out
 
 
-def _compile(target: str, output: Path, pipeline_root: Path, data_root: Path,
-             serving_dir: Path) -> None:
+def _compile(target: str, output: Path, pipeline_root, data_root, serving_dir,
+             extra=()) -> None:
     import kubeflow_runner
     argv = ["--target", target, "--profile", "tiny", "--image", "local/unet3plus-tfx:test",
             "--pipeline_root", str(pipeline_root), "--data_root", str(data_root),
-            "--serving_dir", str(serving_dir), "--output", str(output)]
+            "--serving_dir", str(serving_dir), "--output", str(output), *extra]
     try:
         assert kubeflow_runner.main(argv) == 0
     except SystemExit as exit_:   # argparse: e.g. a flag this runner does not know
@@ -144,3 +145,39 @@ def test_vertex_target_runs_blesses_and_pushes(image, tiny_ct, tmp_path, capsys)
     _assert_blessed_and_pushed(runs, serving)
     _assert_full_volume_report(runs)
     _assert_portable(compiled)
+
+
+def test_kfp_target_on_object_storage(image, tiny_ct, tmp_path, capsys, monkeypatch):
+    """The kfp file with pipeline root, data root and serving dir in S3 (moto's server on
+    loopback, as MinIO on a cluster): every task reads and writes its artifacts there, exits 0
+    (components.task_entrypoint keeps the status tensorflow-io's s3:// would abort at exit), and
+    a blessed model lands in the serving bucket."""
+    from s3_server import s3_server
+    bucket = "unet3plus-kfp"
+    with s3_server(bucket) as s3:
+        s3.upload_folder(str(tiny_ct), bucket, "lits")
+        for key, value in s3.env.items():   # the tasks' environment (the harness passes it on)
+            monkeypatch.setenv(key, value)
+        compiled = tmp_path / "pipeline.yaml"
+        _compile("kfp", compiled, f"s3://{bucket}/root", f"s3://{bucket}/lits",
+                 f"s3://{bucket}/serving", [f"--beam_arg=--s3_endpoint_url={s3.endpoint}"])
+        with capsys.disabled():
+            print(f"\n[kfp on s3] running {compiled} with {image.python}")
+            runs = harness.run_pipeline(compiled, image.python, run_id="run-1",
+                                        local_root=str(tmp_path / "pod_disk"),
+                                        log=lambda line: print(f"[kfp on s3] {line}", flush=True))
+            print(harness.format_timings(runs))
+        blessings = harness.produced_of_type(runs, "tfx.ModelBlessing")
+        assert len(blessings) == 1 and blessings[0][2]["uri"].startswith(f"s3://{bucket}/root/")
+        assert blessings[0][2]["metadata"].get("blessed") == 1, blessings
+        blessing_key = blessings[0][2]["uri"].split(f"s3://{bucket}/", 1)[1]
+        assert f"{blessing_key}/BLESSED" in s3.keys(bucket, blessing_key)
+        pushed = harness.produced_of_type(runs, "tfx.PushedModel")[0][2]
+        destination = pushed["metadata"].get("pushed_destination", "")
+        assert destination.startswith(f"s3://{bucket}/serving/"), pushed
+        serving_key = destination.split(f"s3://{bucket}/", 1)[1]
+        assert f"{serving_key.rstrip('/')}/saved_model.pb" in s3.keys(bucket, serving_key)
+        evaluation = harness.produced_of_type(runs, "components.VolumeEvaluation")[0][2]
+        folder = evaluation["uri"].split(f"s3://{bucket}/", 1)[1]
+        assert {f"{folder}/metrics.json", f"{folder}/eval_report.html"} <= set(
+            s3.keys(bucket, folder))

@@ -29,6 +29,7 @@ from models.metrics import DiceCoefficient
 from models.unet3plus import build_unet3plus, model_output_names
 from preprocessing import features as F
 from preprocessing import storage
+from preprocessing.process_exit import exit_process
 from schema.contract import TRAINING_REPORT_FILE
 from trainer.checkpoints import (BEST_WEIGHTS, BestWeights, RoleDirectories,
                                  WorkerBackupAndRestore, check_resume_point, resume_directory,
@@ -232,4 +233,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -8,10 +8,10 @@ and size. Works on any past run: give that run's artifact URIs
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
 from pipeline.report import write_report
+from preprocessing.process_exit import exit_process
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -44,4 +44,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
