@@ -44,6 +44,7 @@ RUN pip wheel --no-deps --no-build-isolation -w /build/wheels /build/src \
 # or the schema is not where the installed package looks for it.
 RUN cd / && TF_CPP_MIN_LOG_LEVEL=3 python -c "\
 import os, tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor; \
+import tfx.orchestration.kubeflow.v2.file_based_example_gen.driver, components.task_entrypoint; \
 import components.byte_size_batching, components.packaged_schema_gen, kubeflow_runner; \
 import schema; assert '/site-packages/' in schema.SCHEMA_PATH, schema.SCHEMA_PATH; \
 assert os.path.isfile(schema.SCHEMA_PATH), schema.SCHEMA_PATH"
