@@ -39,8 +39,18 @@ def exit_status(code) -> int:
 
 
 def exit_process(code=0) -> NoReturn:
-    """sys.exit(code), except after tensorflow-io was loaded: then exit handlers and flushes
-    first, and os._exit with the same status (module docstring)."""
+    """For the `if __name__ == "__main__":` block of a command line: sys.exit(code), except in a
+    process that loaded tensorflow-io, which ends with the same status the hard way (module
+    docstring). Only where the calling module is the process's own main: the `tfx` CLI executes
+    local_runner.py inside its own process (as a new `__main__` module it does not install) to
+    read the pipeline and then goes on, so there this is sys.exit and the host decides."""
+    main = sys.modules.get("__main__")
+    if main is None or main.__dict__ is not sys._getframe(1).f_globals:
+        sys.exit(code)
+    _end_process(code)
+
+
+def _end_process(code) -> NoReturn:
     if TENSORFLOW_IO not in sys.modules:
         sys.exit(code)
     status = exit_status(code)
@@ -60,7 +70,8 @@ def exit_process(code=0) -> NoReturn:
 
 
 def run_module(module: str, argv: Sequence[str]) -> NoReturn:
-    """`python -m module argv...`, ended by exit_process with the status Python would give:
+    """`python -m module argv...`, then the end exit_process gives a program, with the status
+    Python would give:
     0 when the module returns, its SystemExit code, 1 after an uncaught exception (whose
     traceback is printed as Python prints it)."""
     sys.argv = [module, *argv]
@@ -72,4 +83,4 @@ def run_module(module: str, argv: Sequence[str]) -> NoReturn:
     except BaseException:   # noqa: BLE001 - reported as the interpreter would, status 1
         traceback.print_exc()
         code = 1
-    exit_process(code)
+    _end_process(code)   # this process's own end: run_module is the program (task_entrypoint)

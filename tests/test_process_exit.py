@@ -97,3 +97,26 @@ def test_a_module_run_through_the_task_entrypoint_keeps_its_status(s3_env, tmp_p
     assert f"wrote {key}" in result.stdout and _read(client, key) == "written"
     if expected == 1:
         assert "ValueError: the task failed" in result.stderr   # the traceback, as Python shows it
+
+
+def test_a_host_that_executes_our_script_goes_on(tmp_path):
+    """The `tfx` CLI executes local_runner.py inside its own process, as a `__main__` module it
+    does not install, swallows its SystemExit(0) and then reports the pipeline: exit_process
+    must leave the process to it (a hard exit there ended `tfx pipeline create` silently)."""
+    script = tmp_path / "our_cli.py"
+    script.write_text("import tensorflow_io  # noqa: F401  (loaded, as under TFX)\n"
+                      "from preprocessing.process_exit import exit_process\n"
+                      "if __name__ == '__main__':\n    exit_process(0)\n")
+    host = textwrap.dedent(f"""
+        from importlib import machinery, util
+        loader = machinery.SourceFileLoader("__main__", {str(script)!r})
+        try:
+            loader.exec_module(util.module_from_spec(util.spec_from_loader(loader.name, loader)))
+        except SystemExit as e:
+            print("host caught", e.code)
+        print("host goes on")
+    """)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    status, result = _run(["-c", host], env)
+    assert status == 0, result.stderr[-2000:]
+    assert "host caught 0" in result.stdout and "host goes on" in result.stdout
