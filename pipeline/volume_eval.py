@@ -136,8 +136,10 @@ def evaluate_case(files: CaseFiles, models: List[ModelUnderTest], worst: WorstVo
                               "num_slices": int(truth.shape[2])}
     # Every model scores the case before any tally counts it: a case that fails half-way is
     # neither in the table nor in the pooled Dice.
-    measured = [(model, pred, *model.scorer.measure(truth, pred, case.spacing))
-                for model, pred in ((m, m.segment(case, batch_size, threshold)) for m in models)]
+    measured = []
+    for model in models:
+        pred = model.segment(case, batch_size, threshold)
+        measured.append((model, pred, *model.scorer.measure(truth, pred, case.spacing)))
     classes = models[0].scorer.classes                     # the candidate's
     for model, pred, scores, counts in measured:
         model.scorer.add(counts)

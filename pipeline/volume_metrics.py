@@ -154,13 +154,6 @@ class CaseScorer:
         for name, class_counts in counts.items():
             self.tallies[name].add(class_counts)
 
-    def score(self, truth_labels: np.ndarray, pred_labels: np.ndarray,
-              spacing_mm: Sequence[float]) -> Dict[str, Metrics]:
-        """{class: metrics} of one case; adds it to the tallies."""
-        metrics, counts = self.measure(truth_labels, pred_labels, spacing_mm)
-        self.add(counts)
-        return metrics
-
     def summary(self) -> Dict[str, Metrics]:
         """{class: {"global_dice", "mean_dice"}}."""
         return {name: tally.summary() for name, tally in self.tallies.items()}

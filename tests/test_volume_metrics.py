@@ -140,7 +140,8 @@ def test_global_dice_pools_voxels_and_differs_from_the_mean():
     large = box(size=(10, 10, 10))
     small = box(size=(2, 2, 2))
     for truth, pred in ((large, shifted(large, 1, 1)), (small, shifted(small, 2, 1))):
-        scorer.score(truth.astype(np.uint8), pred.astype(np.uint8), (1.0, 1.0, 1.0))
+        _, counts = scorer.measure(truth.astype(np.uint8), pred.astype(np.uint8), (1.0, 1.0, 1.0))
+        scorer.add(counts)
     summary = scorer.summary()["liver"]
     assert summary["mean_dice"] == pytest.approx((0.9 + 0.5) / 2)
     assert summary["global_dice"] == pytest.approx(2 * (900 + 4) / (2000 + 16))   # 0.897
@@ -163,10 +164,10 @@ def test_classes_liver_includes_tumour():
     pred = truth.copy()
     pred[pred == 2] = 1                           # tumour called liver
     assert np.array_equal(class_mask(truth, "liver"), box())
-    scores = CaseScorer(["liver", "tumour"]).score(truth, pred, (1.0, 1.0, 1.0))
+    scores, _ = CaseScorer(["liver", "tumour"]).measure(truth, pred, (1.0, 1.0, 1.0))
     assert scores["liver"]["dice"] == 1.0
     assert scores["tumour"]["dice"] == 0.0 and scores["tumour"]["rvd"] == -1.0
     with pytest.raises(ValueError, match="unknown class"):
         CaseScorer(["vessels"])
     with pytest.raises(ValueError, match="shape"):
-        CaseScorer(["liver"]).score(truth, pred[:-1], (1.0, 1.0, 1.0))
+        CaseScorer(["liver"]).measure(truth, pred[:-1], (1.0, 1.0, 1.0))
