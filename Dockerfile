@@ -46,6 +46,7 @@ RUN cd / && TF_CPP_MIN_LOG_LEVEL=3 python -c "\
 import os, tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor; \
 import tfx.orchestration.kubeflow.v2.file_based_example_gen.driver, components.task_entrypoint; \
 import components.byte_size_batching, components.packaged_schema_gen, kubeflow_runner; \
+import components.anomalies_gate, components.volume_evaluator, evaluation.tfma_dice; \
 import schema; assert '/site-packages/' in schema.SCHEMA_PATH, schema.SCHEMA_PATH; \
 assert os.path.isfile(schema.SCHEMA_PATH), schema.SCHEMA_PATH"
 

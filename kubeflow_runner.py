@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 
+from common.process_exit import exit_process
 from pipeline import configs
 from pipeline import kubeflow_target as kt
-from preprocessing.process_exit import exit_process
 
 # Components whose containers --beam_cpu/--beam_memory size. Not NiftiExampleGen: TFX's
 # ExampleGen builder drops platform config (tfx issue 6146).
@@ -100,6 +100,7 @@ def _apply_resources(pipeline, args: argparse.Namespace) -> None:
 def compile_pipeline(args: argparse.Namespace, beam_args) -> dict:
     """The document to upload for args.target."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+
     from pipeline.pipeline import create_pipeline
 
     config = configs.make_config(profile=args.profile, pipeline_root=args.pipeline_root,

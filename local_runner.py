@@ -14,9 +14,9 @@ import logging
 import os
 import time
 
+from common import storage
+from common.process_exit import exit_process
 from pipeline import configs
-from preprocessing import storage
-from preprocessing.process_exit import exit_process
 from schema.contract import EVAL_REPORT_FILE
 
 
@@ -119,26 +119,29 @@ def ensure_input_data(config: configs.PipelineConfig) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pipeline import console
+    from common.logs import console_logger
+    from pipeline.console import setup_run_logging
+
     # Before TFX, Beam or TensorFlow are imported: the noise filters act at import time.
-    run_log = console.setup_logging(os.path.join(os.path.abspath(args.output_dir), "logs"),
-                                    verbose=args.verbose)
-    say = console.console_logger().info
+    run_log, component_lines = setup_run_logging(
+        os.path.join(os.path.abspath(args.output_dir), "logs"), verbose=args.verbose)
+    say = console_logger().info
     say("Full log: %s", run_log.path)
     try:
-        return _run(args, run_log, say)
+        return _run(args, component_lines, say)
     finally:
         say("Full log: %s", run_log.path)
         run_log.close()
 
 
-def _run(args: argparse.Namespace, run_log, say) -> int:
+def _run(args: argparse.Namespace, component_lines, say) -> int:
     from pipeline import console
     config = config_from_args(args)
     data_root = ensure_input_data(config)
     say("Profile %s; data %s; pipeline root %s", args.profile, data_root, config.pipeline_root)
 
     from tfx import v1 as tfx
+
     from pipeline.pipeline import create_pipeline
     from pipeline.summary import collect_run_summary, format_run_summary, latest_run_id
 
@@ -147,10 +150,9 @@ def _run(args: argparse.Namespace, run_log, say) -> int:
         config, metadata_connection_config=tfx.orchestration.metadata
         .sqlite_metadata_connection_config(config.metadata_path))
     previous_run = latest_run_id(config.metadata_path)
-    if run_log.component_lines is not None:
-        # Each component's end line carries its key figure, read from this run's artifacts.
-        run_log.component_lines.set_figures(
-            console.run_figures(config.metadata_path, newer_than=previous_run))
+    # Each component's end line carries its key figure, read from this run's artifacts.
+    component_lines.set_figures(console.run_figures(config.metadata_path,
+                                                    newer_than=previous_run))
     start = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)
     # Under `tfx pipeline create` run() is only recorded, not executed: then no new run exists.

@@ -39,6 +39,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from models.model_config import VARIANTS  # noqa: E402  (a plain module: no Keras, no TF)
+
 WIDTHS = {"paper": ((64, 128, 256, 512, 1024), 64), "demo": ((16, 32, 64, 128, 256), 16)}
 REFERENCE = ("reference: original Keras UNet 3+ implementation 26 images/s on one A100 (fp32); "
              "~53 images/s per A100 with DALI + AMP + XLA; target 150 images/s on one H100")
@@ -66,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed steps, the first compiles")
     p.add_argument("--precision", default="mixed_bfloat16",
                    choices=("mixed_bfloat16", "float32", "mixed_float16"))
-    p.add_argument("--variant", default="base", choices=("base", "ds", "ds_cgm"))
+    p.add_argument("--variant", default="base", choices=VARIANTS)
     p.add_argument("--widths", default="paper", choices=tuple(WIDTHS))
     p.add_argument("--metrics", default="none", choices=("none", "dice"),
                    help="dice: also update the trainer's Dice metric every step")
@@ -214,7 +217,6 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     os.environ["KERAS_BACKEND"] = "jax"
-    sys.path.insert(0, REPO)
 
     import jax
     import keras

@@ -14,7 +14,7 @@ profile's UNet 3+ from trainer/run.py build_and_compile, exported by trainer/exp
 not depend on the weights. The profile sets the slice size, widths and batch: demo (64x64, filters
 8..128, skip 8), paper (320x320, 64..1024, skip 64; --paper adds its serving rate, a slow model on
 a CPU). The requests for (a) are the serialized examples predict.py sends for the first 512x512
-volume (recorded from pipeline/inference.py predict_probabilities), prepared before the clock
+volume (recorded from inference/segmenter.py predict_probabilities), prepared before the clock
 starts; (b) runs predict.main on the folder and reads its predictions.csv; (c) calls
 bench/input_throughput.py's measure() (the input the Trainer would pick: DALI when its plugin
 imports, else tf.data; the profile's batch and augmentation), or takes --train_examples_per_s.
@@ -38,7 +38,7 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
-from preprocessing import storage  # noqa: E402
+from common import storage  # noqa: E402
 
 
 def host_facts() -> str:
@@ -124,11 +124,11 @@ def export_untrained(config, graph_dir: str, export_dir: str, precision: str) ->
 
 def build_model(profile: str, train_data: str, work: str, precision: str):
     """(profile config, exported model dir, transform graph dir, transformed examples dir)."""
+    from pipeline.component_configs import transform_custom_config
     from pipeline.configs import profile_config
     config = profile_config(profile)
     slices = config.example_gen.slices
-    custom = {"image_shape": [slices.size[0], slices.size[1], slices.channels],
-              "window": list(slices.window), **config.transform.to_dict()}
+    custom = transform_custom_config(config)
     start = time.perf_counter()
     if storage.exists(work):   # a rerun in the same --work: the model is rebuilt, data kept
         storage.remove_tree(work)
@@ -146,21 +146,21 @@ def build_model(profile: str, train_data: str, work: str, precision: str):
 
 def predict_requests(volume_path: str, slice_config, batch_size: int) -> List[List[bytes]]:
     """The batches of serialized examples predict.py sends for this volume (recorded)."""
-    from pipeline import inference
+    from inference.cases import load_input
+    from inference.segmenter import predict_probabilities
     batches = []
 
     def record(batch):
         batches.append(list(batch))
         return np.zeros((len(batch), *slice_config.size, 1), np.float32)
-    inference.predict_probabilities(record, inference.load_input(volume_path), slice_config,
-                                    batch_size)
+    predict_probabilities(record, load_input(volume_path), slice_config, batch_size)
     return batches
 
 
 def serving_rate(model_dir: str, requests: List[List[bytes]], batches: int,
                  warmup: int = 2) -> float:
     """Slices/s of serving_default over `batches` full batches (cycling the requests)."""
-    from pipeline.inference import load_model
+    from inference.model import load_model
     serve, _ = load_model(model_dir)
     full = [b for b in requests if len(b) == len(requests[0])]
     for i in range(warmup):
@@ -179,7 +179,7 @@ def end_to_end(model_dir: str, folder: str, out: str) -> Dict[str, float]:
     import nibabel as nib
 
     import predict
-    from pipeline.inference import PREDICTIONS_CSV
+    from inference.writers import PREDICTIONS_CSV
     start = time.perf_counter()
     code = predict.main(["--model", model_dir, "--input", folder, "--output", out])
     wall = time.perf_counter() - start

@@ -25,13 +25,17 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+# The choice lists only: plain modules (no Keras or TensorFlow in this parent process).
+from models.model_config import VARIANTS  # noqa: E402
+from trainer.train_config import INPUTS  # noqa: E402
+
 WIDTHS = {"paper": ((64, 128, 256, 512, 1024), 64), "demo": ((16, 32, 64, 128, 256), 16),
           "narrow": ((8, 16, 32, 64, 128), 8)}
 
 
 def measure(args) -> dict:
     """Runs in a child process: one setting."""
-    sys.path.insert(0, REPO)
     import keras
     import numpy as np
     import tensorflow as tf
@@ -111,12 +115,13 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--variant", default="base", choices=("base", "ds", "ds_cgm"))
+    p.add_argument("--variant", default="base", choices=VARIANTS)
     p.add_argument("--loss", default="hybrid", help="models/losses.py name: hybrid, bce_dice...")
     p.add_argument("--widths", default="paper", choices=tuple(WIDTHS))
     p.add_argument("--precision", default="auto")
     p.add_argument("--xla", default="auto")
-    p.add_argument("--input", default="synthetic", choices=("synthetic", "tfdata", "dali"))
+    p.add_argument("--input", default="synthetic",
+                   choices=("synthetic",) + tuple(i for i in INPUTS if i != "auto"))
     p.add_argument("--augment", default="off", choices=("on", "off"),
                    help="training augmentation (tfdata, dali)")
     p.add_argument("--examples", help="Transform's transformed_examples/<id> dir (tfdata, dali)")

@@ -24,8 +24,11 @@ from google.protobuf import text_format  # noqa: E402
 from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
+from pipeline.component_configs import transform_custom_config  # noqa: E402
+from pipeline.configs import PROFILES, profile_config  # noqa: E402
 from preprocessing.examples import slice_example_bytes  # noqa: E402
 from preprocessing.slices import SliceRecord  # noqa: E402
+from preprocessing.transform_config import NORMALIZATIONS  # noqa: E402
 from preprocessing.transform import preprocessing_fn  # noqa: E402
 from schema import SCHEMA_PATH  # noqa: E402
 
@@ -46,7 +49,9 @@ def main() -> int:
     p.add_argument("--num", type=int, default=2000)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--normalization", default="window", choices=("window", "zscore"))
+    p.add_argument("--profile", default="demo", choices=PROFILES,
+                   help="the profile whose Transform settings (HU window, classes) are run")
+    p.add_argument("--normalization", default="window", choices=NORMALIZATIONS)
     p.add_argument("--beam_mode", default="in_memory", choices=("in_memory", "multi_processing"))
     args = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="transform_bench_")
@@ -54,8 +59,11 @@ def main() -> int:
     write_raw_examples(raw_path, args.num, args.size, args.channels)
     schema = text_format.Parse(open(SCHEMA_PATH).read(), schema_pb2.Schema())
     source = tfxio.TFExampleRecord(file_pattern=raw_path, schema=schema)
-    config = {"image_shape": [args.size, args.size, args.channels], "window": [-200, 250],
-              "normalization": args.normalization}
+    pipeline_config = profile_config(args.profile)
+    pipeline_config.example_gen.slices.size = (args.size, args.size)
+    pipeline_config.example_gen.slices.context = (args.channels - 1) // 2
+    pipeline_config.transform.normalization = args.normalization
+    config = transform_custom_config(pipeline_config)
     start = time.time()
     with tft_beam.Context(temp_dir=os.path.join(tmp, "tft")):
         with beam.Pipeline(argv=["--runner=FnApiRunner",

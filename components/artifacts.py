@@ -9,6 +9,6 @@ from schema.contract import VOLUME_EVALUATION_TYPE
 
 
 class VolumeEvaluation(artifact.Artifact):
-    """A folder with pipeline/volume_eval.py's metrics.json, metrics.csv and worst_slices.npz,
+    """A folder with evaluation/volume_eval.py's metrics.json, metrics.csv and worst_slices.npz,
     and eval_report.html."""
     TYPE_NAME = VOLUME_EVALUATION_TYPE

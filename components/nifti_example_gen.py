@@ -29,7 +29,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from preprocessing import storage
+from common import storage
 from preprocessing.beam_convert import add_conversion, close_runner_client, convert_cases
 from preprocessing.conversion_plan import ConversionPlan, plan_conversion
 from preprocessing.conversion_report import check_conversion, summarize_conversion

@@ -15,7 +15,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
-from preprocessing import storage
+from common import storage
 from schema import SCHEMA_FILE_NAME, SCHEMA_PATH, schema_sha256
 
 

@@ -1,10 +1,10 @@
-"""VolumeEvaluator: the full-volume LiTS evaluation (pipeline/volume_eval.py) as a TFX component.
+"""VolumeEvaluator: the full-volume LiTS evaluation (evaluation/volume_eval.py) as a TFX component.
 
 It segments every slice of the ExampleGen's eval volumes (found and split by the ExampleGen's
 own settings, so they are the Evaluator's volumes) with the Trainer's model and, when given,
 the baseline (e.g. the latest blessed model), and writes metrics.json, metrics.csv and
 worst_slices.npz into its VolumeEvaluation artifact, and, given the Evaluator's evaluation and
-blessing, the self-contained eval_report.html (pipeline/report) beside them. Key figures go to the artifact's custom
+blessing, the self-contained eval_report.html (evaluation/report) beside them. Key figures go to the artifact's custom
 properties: cases_evaluated, cases_failed, <class>_global_dice, <class>_mean_dice (candidate).
 Unreadable cases are logged and listed in metrics.json (the ExampleGen quarantines the same
 ones); the component fails only when no case could be evaluated.
@@ -22,9 +22,9 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, standard_artifacts
 from tfx.utils import path_utils
 
+from common import storage
 from components.artifacts import VolumeEvaluation
-from pipeline.volume_eval import evaluate_volumes, select_cases
-from preprocessing import storage
+from evaluation.volume_eval import evaluate_volumes, select_cases
 from preprocessing.conversion_settings import ConversionSettings
 from schema.contract import EVAL_REPORT_FILE
 
@@ -77,7 +77,7 @@ def VolumeEvaluator(
 
 def _write_report(evaluation, model, tfma_evaluation, blessing) -> None:
     """eval_report.html in the artifact, from its own metrics and the Evaluator's outputs."""
-    from pipeline.report import write_report
+    from evaluation.report import write_report
     write_report(evaluation.uri, storage.join(evaluation.uri, EVAL_REPORT_FILE),
                  evaluation_uri=tfma_evaluation.uri if tfma_evaluation is not None else None,
                  blessing_uri=blessing.uri if blessing is not None else None,

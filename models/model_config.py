@@ -7,10 +7,20 @@ from typing import Any, Dict, Tuple
 
 from schema.settings import settings_from_dict
 
+# The UNet 3+ variants (models/unet3plus.py): the plain model, deep supervision (a side output per
+# decoder scale), and deep supervision with the classification-guided module (CGM).
+VARIANTS = ("base", "ds", "ds_cgm")
+DEEP_SUPERVISED = ("ds", "ds_cgm")   # the variants with side outputs
+
+
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+
 
 @dataclasses.dataclass
 class ModelConfig:
-    variant: str = "base"                                # base | ds | ds_cgm
+    variant: str = "base"                                # one of VARIANTS
     encoder: str = "unet3plus"          # unet3plus (the paper's) | vgg16 | vgg19 | resnet50
     filters: Tuple[int, ...] = (64, 128, 256, 512, 1024)
     skip_filters: int = 64

@@ -38,8 +38,7 @@ from keras import layers
 
 from models.blocks import BN_MOMENTUM, ClassificationGate, conv_bn_relu, resample
 from models.encoders import ENCODERS, build_encoder, check_encoder, encoder_depth
-
-VARIANTS = ("base", "ds", "ds_cgm")
+from models.model_config import DEEP_SUPERVISED, check_variant
 
 
 def model_output_names(variant: str = "base", depth: int = 5) -> list[str]:
@@ -47,10 +46,9 @@ def model_output_names(variant: str = "base", depth: int = 5) -> list[str]:
 
     base: ["mask"]; ds: + ["mask_ds2", ..., "mask_ds5"]; ds_cgm: + ["organ"].
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    check_variant(variant)
     names = ["mask"]
-    if variant in ("ds", "ds_cgm"):
+    if variant in DEEP_SUPERVISED:
         names += [f"mask_ds{k}" for k in range(2, depth + 1)]
     if variant == "ds_cgm":
         names.append("organ")
@@ -95,8 +93,7 @@ def build_unet3plus(input_shape: Sequence[int] = (320, 320, 3),
         "resnet50" (keras.applications topologies, trained from scratch; see
         models/encoders.py).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    check_variant(variant)
     if num_classes < 1:
         raise ValueError("num_classes must be >= 1")
     check_encoder(encoder)
@@ -152,7 +149,7 @@ def _heads(enc: list, dec: dict, num_classes: int, variant: str, dropout: float,
     gated = variant == "ds_cgm"
     suffix = "_prob" if gated else ""
     outputs = {"mask": _seg_head(dec[1], num_classes, activation, 1, "mask" + suffix, "head1")}
-    if variant in ("ds", "ds_cgm"):
+    if variant in DEEP_SUPERVISED:
         for k in range(2, depth + 1):
             outputs[f"mask_ds{k}"] = _seg_head(dec[k], num_classes, activation, 2 ** (k - 1),
                                                f"mask_ds{k}" + suffix, f"head{k}")

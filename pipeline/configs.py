@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional
 
+from common.storage import absolute, dirname, join
+from evaluation.evaluation_config import EvalConfig
 from models.model_config import ModelConfig
-from pipeline.evaluation_config import EvalConfig
 from preprocessing.conversion_settings import (LOCAL_BEAM_RUNNER, ConversionSettings,
-                                              with_local_runner)
+                                               with_local_runner)
 from preprocessing.slices import SliceConfig
-from preprocessing.storage import absolute, dirname, join
 from preprocessing.synthetic_ct.data_config import SyntheticDataConfig
 from preprocessing.transform_config import CLASSES, NORMALIZATIONS, TransformConfig
 from trainer.augment_config import AugmentConfig

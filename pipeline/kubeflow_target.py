@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from preprocessing import storage
+from common import storage
 from preprocessing.conversion_settings import beam_flag_values, beam_runner
 
 KFP, VERTEX = "kfp", "vertex"
@@ -44,7 +44,7 @@ def runner_config_kwargs(target: str) -> Dict[str, object]:
 
 
 # Every task command goes through this module, which ends the process with the task's own exit
-# status where tensorflow-io's s3:// support would abort it at exit (preprocessing/process_exit.py).
+# status where tensorflow-io's s3:// support would abort it at exit (common/process_exit.py).
 TASK_ENTRYPOINT = "components.task_entrypoint"
 
 

@@ -14,13 +14,14 @@ from typing import Optional
 from tfx import v1 as tfx
 from tfx.orchestration import pipeline as tfx_pipeline
 
+from components.anomalies_gate import validation_components
 from components.byte_size_batching import with_byte_size_batching
 from components.nifti_example_gen import NiftiExampleGen
 from components.packaged_schema_gen import PackagedSchemaGen
 from components.volume_evaluator import volume_evaluator
+from evaluation.tfma_config import make_eval_config
+from pipeline.component_configs import trainer_custom_config, transform_custom_config
 from pipeline.configs import PipelineConfig
-from pipeline.evaluation import make_eval_config
-from pipeline.validation import validation_components
 from preprocessing.transform_config import TransformConfig
 from schema import schema_sha256
 
@@ -28,12 +29,10 @@ TRANSFORM_FN = "preprocessing.transform.preprocessing_fn"
 RUN_FN = "trainer.run.run_fn"
 
 
-def _transform(config: PipelineConfig, examples, schema, image_shape):
+def _transform(config: PipelineConfig, examples, schema):
     transform = tfx.components.Transform(
         examples=examples, schema=schema, preprocessing_fn=TRANSFORM_FN,
-        custom_config={"image_shape": image_shape,
-                       "window": list(config.example_gen.slices.window),
-                       **config.transform.to_dict()},
+        custom_config=transform_custom_config(config),
         # Transform's own pre/post statistics would summarize every pixel of every image
         # tensor (slow, and large in memory); StatisticsGen already describes the raw data,
         # where images are single bytes features (length stats only).
@@ -44,7 +43,7 @@ def _transform(config: PipelineConfig, examples, schema, image_shape):
     return with_byte_size_batching(transform)
 
 
-def _trainer(config: PipelineConfig, transform, schema, image_shape):
+def _trainer(config: PipelineConfig, transform, schema):
     return tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
@@ -52,10 +51,7 @@ def _trainer(config: PipelineConfig, transform, schema, image_shape):
         schema=schema,
         train_args=tfx.proto.TrainArgs(num_steps=config.train.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.train.eval_steps),
-        custom_config={"model": config.model.to_dict(),
-                       "train": config.train.to_dict(),
-                       "image_shape": image_shape,
-                       "slice": config.example_gen.slices.to_dict()})
+        custom_config=trainer_custom_config(config))
 
 
 def _baseline_resolver():
@@ -101,8 +97,6 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     """with_baseline=False leaves out the resolver of the last blessed model (for orchestrators
     that cannot run TFX resolvers, e.g. open-source Kubeflow Pipelines): the Evaluator then
     blesses on the absolute Dice bar alone."""
-    slices = config.example_gen.slices
-    image_shape = [slices.size[0], slices.size[1], slices.channels]
     # Fails here, at compile time, rather than inside the Transform run.
     classes = TransformConfig.from_dict(config.transform.to_dict()).classes
 
@@ -111,10 +105,10 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None,
     examples, schema = example_gen.outputs["examples"], schema_gen.outputs["schema"]
     checks = validation_components(examples, schema)   # StatisticsGen, ExampleValidator, gate
     with_byte_size_batching(checks[0])                  # the StatisticsGen
-    transform = _transform(config, examples, schema, image_shape)
+    transform = _transform(config, examples, schema)
     # Bad data stops the run here: Transform waits for the validation gate.
     transform.add_upstream_node(checks[-1])
-    trainer = _trainer(config, transform, schema, image_shape)
+    trainer = _trainer(config, transform, schema)
     return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

@@ -1,6 +1,6 @@
 """Finding the cases of a data set: LiTS naming in one folder (`discover_lits_cases`:
 volume-N / segmentation-N) or a CSV manifest (`discover_manifest_cases`: columns image, label,
-case_id). Folders and manifests may be URIs (preprocessing/storage.py). Every entry that cannot
+case_id). Folders and manifests may be URIs (common/storage.py). Every entry that cannot
 be a case becomes a CaseError naming the file, so nothing is dropped unseen."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import re
 from typing import Dict, List, Tuple
 
-from preprocessing import storage
+from common import storage
 from preprocessing.nifti import CaseError, CaseFiles
 
 _LITS_NAME = re.compile(r"^(volume|segmentation)-(\d+)\.nii(\.gz)?$")

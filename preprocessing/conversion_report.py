@@ -5,7 +5,7 @@ summary counted from them once the run is done (`summarize_conversion`) and the 
 The JSON lines are written from the pipeline through Beam's filesystems (local, gs://, s3:// with
 apache-beam[aws]), uncompressed and sorted, by a DoFn of ours rather than Beam's WriteToText
 (whose writer emits its files from finish_bundle, which Beam 2.74's DaskRunner drops); the
-summary reads and writes them through preprocessing/storage.py like every other file the pipeline
+summary reads and writes them through common/storage.py like every other file the pipeline
 touches outside a Beam step."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from preprocessing import storage
+from common import storage
 from preprocessing.splits import EVAL, TRAIN
 from schema.contract import CASES_FILE, CONVERSION_SUMMARY_FILE, QUARANTINE_FILE
 

@@ -17,7 +17,7 @@ unless --beam_arg says otherwise, e.g. --beam_arg=--direct_running_mode=multi_pr
 --beam_arg=--dask_client_address=tcp://SCHEDULER:8786 (one case per Dask task unless
 --dask_partition_size / --dask_npartitions say otherwise; the workers must be able to import this
 project, see docs/scaling.md), Dataflow, Flink or Spark. Input and output may be URIs (gs://,
-s3://): the inputs are read through preprocessing/storage.py, the shards and reports written by
+s3://): the inputs are read through common/storage.py, the shards and reports written by
 Beam's filesystems.
 """
 from __future__ import annotations
@@ -26,9 +26,8 @@ import argparse
 import json
 import logging
 import time
-from typing import List, Optional, Sequence
-
 import warnings
+from typing import List, Optional, Sequence
 
 # google-api-core warns, once per google package Beam imports, that Python 3.10 gets no more of
 # its updates: a notice about its future releases, not about this run (the pinned stack needs
@@ -38,14 +37,14 @@ warnings.filterwarnings("ignore", message="You are using a non-supported Python 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from preprocessing import storage
+from common import storage
+from common.process_exit import exit_process
 from preprocessing.beam_convert import add_conversion, close_runner_client
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_report import check_conversion, summarize_conversion
-from preprocessing.process_exit import exit_process
-from preprocessing.shard_writer import remove_temp_dir
 from preprocessing.conversion_settings import (ConversionSettings, conversion_beam_args,
                                                with_local_runner)
+from preprocessing.shard_writer import remove_temp_dir
 from preprocessing.slices import SliceConfig
 from preprocessing.splits import EVAL, TRAIN
 from schema.contract import QUARANTINE_FILE, RECORDS_SLICE_CONFIG_FILE

@@ -7,7 +7,7 @@ Every failure raises `CaseError` naming the file and the reason; callers quarant
 Cases are found by preprocessing/case_discovery.py (LiTS naming or a CSV manifest).
 
 Reading is the conversion's floor, so a NIfTI-1/2 file (.nii or .nii.gz) is read in one go, by
-the same code whether it is local or a URI (gs://, s3://, ram://; preprocessing/storage.py): its
+the same code whether it is local or a URI (gs://, s3://, ram://; common/storage.py): its
 bytes read whole, the gzip stream (told by its magic bytes) inflated with one zlib call, the
 header parsed by nibabel from those bytes (`Nifti1Image.from_bytes`, so the header scaling is
 nibabel's own), and the voxel data viewed as an array without copies. nibabel's own reader
@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple
 import nibabel as nib
 import numpy as np
 
-from preprocessing import storage
+from common import storage
 
 VALID_LABELS = (0, 1, 2)
 # Tolerances for "same geometry": the affine of mask and volume may differ by rounding only.
@@ -74,7 +74,7 @@ class CanonicalCase:
 
 
 def _read_file(path: str, case_id: Optional[str]) -> bytes:
-    """The file's bytes (local, gs://, s3://, ram://: preprocessing/storage.py)."""
+    """The file's bytes (local, gs://, s3://, ram://: common/storage.py)."""
     try:
         return storage.read_bytes(path)
     except FileNotFoundError as e:

@@ -32,9 +32,10 @@ from typing import Dict, List, Optional, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from common.storage import is_uri
 from preprocessing.conversion_settings import DEFAULT_COMPRESS_THREADS, DEFAULT_COMPRESSION_LEVEL
 from preprocessing.conversion_stages import COUNTER_NAMESPACE, StageCounters, lap
-from preprocessing.storage import is_uri
 
 # Serialized examples waiting for a compression thread, per split and worker (~100 examples of
 # 320x320x3): about the size of one volume as read, so memory stays about one volume per worker.
@@ -42,7 +43,7 @@ PENDING_BYTES = 64 * 2**20
 
 
 def _crc32c(data) -> int:
-    import google_crc32c   # noqa: PLC0415 (a Beam dependency; imported in the worker)
+    import google_crc32c  # noqa: PLC0415 (a Beam dependency; imported in the worker)
     return google_crc32c.value(data)
 
 

@@ -26,7 +26,7 @@ RECORDS_SLICE_CONFIG_FILE = "slice_config.json"
 # The Trainer's report beside its TensorBoard logs (model_run_dir; the run summary reads it).
 TRAINING_REPORT_FILE = "training_report.json"  # device choice with reason, speed, val Dice
 
-# The full-volume evaluation's artifact (components/volume_evaluator.py, pipeline/volume_eval.py).
+# The full-volume evaluation's artifact (components/volume_evaluator.py, evaluation/volume_eval.py).
 # The name is also the import path of its class on Kubeflow (components/artifacts.py).
 VOLUME_EVALUATION_TYPE = "components.VolumeEvaluation"
 VOLUME_METRICS_FILE = "metrics.json"
@@ -34,7 +34,7 @@ VOLUME_METRICS_CSV_FILE = "metrics.csv"
 WORST_SLICES_FILE = "worst_slices.npz"
 EVAL_REPORT_FILE = "eval_report.html"
 
-# What a person sees while it runs (pipeline/console.py sets it up; the Trainer's progress
+# What a person sees while it runs (common/logs.py sets it up; the Trainer's progress
 # callback and the conversion log to it from below).
 CONSOLE_LOGGER = "unet3plus.console"           # lines meant for the console, not only the log
 PROGRESS_INTERVAL_ENV = "UNET3P_PROGRESS_INTERVAL"   # seconds between progress lines in a pipe

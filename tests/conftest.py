@@ -10,6 +10,17 @@ import local_runner
 from pipeline.summary import collect_run_summary
 
 
+# Fixtures that run the tiny pipeline: a test that uses one is marked `pipeline` for it, so the
+# mark says what a test costs whatever its author wrote.
+PIPELINE_FIXTURES = {"runs", "rejected_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.pipeline)
+
+
 def _run(output_dir: str, *flags: str) -> dict:
     assert local_runner.main(["--profile", "tiny", "--output_dir", output_dir, *flags]) == 0
     summary = collect_run_summary(os.path.join(output_dir, "metadata.sqlite"))

@@ -84,6 +84,7 @@ def _report(out, name):
                       key=lambda r: json.dumps(r, sort_keys=True))
 
 
+@pytest.mark.slow   # a local Dask cluster
 def test_dask_runner_writes_what_the_in_process_runner_writes(cluster, data, tmp_path):
     local, dask = str(tmp_path / "local"), str(tmp_path / "dask")
     assert main(["--data_root", str(data), "--output", local, *COMMON]) == 0
@@ -110,6 +111,7 @@ def test_dask_runner_writes_what_the_in_process_runner_writes(cluster, data, tmp
     assert not glob.glob(os.path.join(dask, ".tmp*"))
 
 
+@pytest.mark.slow   # a local Dask cluster
 def test_example_gen_executor_on_dask(cluster, data, tmp_path):
     """NiftiExampleGen's executor, as TFX runs it, with the pipeline's Beam args naming the
     DaskRunner: the same examples and reports as with the in-process runner."""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.tfma_dice import dice_from_counts, iou_from_counts
+from evaluation.tfma_dice import dice_from_counts, iou_from_counts
 from trainer import precision as P
 from trainer.device import decide_settings, resolve_device_settings
 

@@ -1,5 +1,5 @@
-"""pipeline/report: eval_report.html from fake inputs (realistic metrics.json and
-worst_slices.npz as pipeline/volume_eval.py writes them, a TFMA ModelEvaluation and a
+"""evaluation/report: eval_report.html from fake inputs (realistic metrics.json and
+worst_slices.npz as evaluation/volume_eval.py writes them, a TFMA ModelEvaluation and a
 ModelBlessing as the Evaluator writes them), read back as text, and opened in headless
 Chromium with the network off (tests/browser.py): it must render, list the worst volume first,
 sort on a click, and ask the network for nothing."""
@@ -16,8 +16,8 @@ from typing import Dict, Optional
 import numpy as np
 import pytest
 
-from pipeline.report import write_report
-from pipeline.report.__main__ import main as report_main
+from evaluation.report import write_report
+from evaluation.report.__main__ import main as report_main
 import browser
 
 BAR, TOLERANCE = 0.85, 0.01
@@ -171,7 +171,7 @@ def write_evaluation(folder: str, blessed: bool, with_baseline: bool = True) -> 
     from tensorflow_model_analysis.proto import config_pb2
     from tensorflow_model_analysis.proto import metrics_for_slice_pb2 as m
     from tensorflow_model_analysis.proto import validation_result_pb2 as v
-    from pipeline.evaluation import make_eval_config
+    from evaluation.tfma_config import make_eval_config
     os.makedirs(folder, exist_ok=True)
     run = config_pb2.EvalRun(eval_config=make_eval_config(BAR, TOLERANCE, classes="liver_tumor"),
                              version=version.VERSION, data_location="eval", file_format="")
@@ -280,7 +280,7 @@ def test_liver_only_without_baseline_evaluation_or_blessing(tmp_path):
 def test_prediction_colours():
     """Per pixel: found liver, found tumour, false positive, false negative, wrong class; a
     liver-only model is judged on liver (truth tumour predicted liver is found liver)."""
-    from pipeline.report import overlays
+    from evaluation.report import overlays
     truth = np.array([[1, 2, 0, 1, 2, 2]], np.uint8)
     prediction = np.array([[1, 2, 1, 0, 1, 0]], np.uint8)
 
@@ -309,7 +309,7 @@ def test_cli_command_in_the_page_reproduces_it(tmp_path, capsys):
     assert b"No worst_slices.npz given" in first
     command = html.unescape(re.search(r'<pre id="command">(.*?)</pre>', first.decode()).group(1))
     argv = shlex.split(command)
-    assert argv[:3] == [".venv/bin/python", "-m", "pipeline.report"]
+    assert argv[:3] == [".venv/bin/python", "-m", "evaluation.report"]
     os.remove(output)
     assert report_main(argv[3:]) == 0
     assert open(output, "rb").read() == first
@@ -318,7 +318,7 @@ def test_cli_command_in_the_page_reproduces_it(tmp_path, capsys):
 def test_every_input_and_the_output_may_be_a_uri(tmp_path):
     """Past runs' artifacts may live in object storage: all of it through ram:// (tf.io.gfile,
     as gs:// and s3://) gives the page a local run gives."""
-    from preprocessing import storage
+    from common import storage
     ram = f"ram://{uuid.uuid4().hex}"
     local = {"volume_eval": write_volume_eval(str(tmp_path / "volume_eval"), size=40),
              "evaluation": write_evaluation(str(tmp_path / "evaluation"), blessed=False),

@@ -185,7 +185,7 @@ def _custom_artifact_classes(spec):
 @pytest.mark.parametrize("name", ["kfp", "vertex"])
 def test_every_class_and_module_named_is_importable(compiled, name):
     modules, paths = _named_imports(compiled[name][1])
-    assert "pipeline.tfma_dice" in modules
+    assert "evaluation.tfma_dice" in modules
     assert [p for p in paths if p.startswith("trainer.")], paths       # run_fn was looked at
     assert "components.VolumeEvaluation" in paths                      # a custom artifact type
     for module in modules:

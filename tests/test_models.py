@@ -13,7 +13,8 @@ from keras import ops
 from models import losses as L
 from models.encoders import ENCODERS, build_encoder
 from models.metrics import DiceCoefficient, IoUScore, dice_numpy
-from models.unet3plus import VARIANTS, build_unet3plus, model_output_names
+from models.model_config import VARIANTS
+from models.unet3plus import build_unet3plus, model_output_names
 from metric_helpers import (MeanSliceDice, MeanSliceIoU, iou_numpy, mean_slice_dice_numpy,
                             mean_slice_iou_numpy, overlap_metrics)
 

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from test_inputs import H, K, W, _write_shards
-from test_multi_replica import STEPS, WEIGHT_TOL, read_training_result, weight_mismatch
+from replica_helpers import STEPS, WEIGHT_TOL, matches, read_training_result, weight_mismatch
 
 TIMEOUT_S = 300
 # Per-step losses, 2 workers vs 1 process (measured, seed 0): 4e-7 at step 1, 1.7e-5 at step 3;
@@ -43,13 +43,6 @@ TIMEOUT_S = 300
 # differ by 1.6e-2 to 1e-1 where they differ. Weights (max |dw| / max weight change): 6.6e-3,
 # unsharded 0.70, halved 0.40 (WEIGHT_TOL 5e-2).
 LOSS_RTOL = 2e-4
-
-
-def matches(reference: dict, other: dict) -> bool:
-    """tests/test_multi_replica.py's check, with this data's loss tolerance."""
-    losses_agree = len(other["loss"]) == len(reference["loss"]) == STEPS and np.allclose(
-        other["loss"], reference["loss"], rtol=LOSS_RTOL, atol=0)
-    return losses_agree and weight_mismatch(reference, other) < WEIGHT_TOL
 
 
 TRAIN = r"""
@@ -155,6 +148,7 @@ def _run_all(commands, envs, logs, timeout=TIMEOUT_S, stop_when=None):
     return texts
 
 
+@pytest.mark.slow   # three training processes, two of them a 2-worker cluster
 def test_two_workers_train_like_one_process_and_broken_runs_are_caught(tmp_path):
     # One shard file: a single reader's order is then the same with or without parallel
     # interleaving, so the one-process reference reads the same stream as the workers.
@@ -179,16 +173,16 @@ def test_two_workers_train_like_one_process_and_broken_runs_are_caught(tmp_path)
     reference, good = single["ok"], w0["ok"]
     np.testing.assert_allclose(good["loss"], reference["loss"], rtol=LOSS_RTOL)
     assert weight_mismatch(reference, good) < WEIGHT_TOL, weight_mismatch(reference, good)
-    assert matches(reference, good)
+    assert matches(reference, good, LOSS_RTOL)
     # Both workers on the same records: a different global batch from the first step on.
     unsharded = w0["unsharded"]
     assert not np.isclose(unsharded["loss"][0], reference["loss"][0], rtol=LOSS_RTOL, atol=0)
-    assert not matches(reference, unsharded)
+    assert not matches(reference, unsharded, LOSS_RTOL)
     # Halved updates: the same first loss (nothing updated yet), then rejected.
     halved = w0["halve"]
     np.testing.assert_allclose(halved["loss"][0], reference["loss"][0], rtol=LOSS_RTOL)
     assert weight_mismatch(reference, halved) > 4 * WEIGHT_TOL, weight_mismatch(reference, halved)
-    assert not matches(reference, halved)
+    assert not matches(reference, halved, LOSS_RTOL)
 
 
 # --- 2. the role logic alone (no cluster) ----------------------------------------------------
@@ -353,7 +347,7 @@ def _checkpointed_epoch(resume_root) -> int:
     return 0
 
 
-@pytest.mark.pipeline   # slow (~1.5 min): two runs of run_fn on two workers, with export
+@pytest.mark.slow   # ~1.5 min: two runs of run_fn on two workers, with export
 def test_workers_resume_together_and_only_the_chief_writes(tmp_path):
     pattern, _ = _write_shards(tmp_path / "data", sizes=(24,))
     fn_args = _fn_args(tmp_path, pattern, _identity_transform_output(tmp_path))

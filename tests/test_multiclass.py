@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tensorflow_model_analysis.metrics import metric_specs, metric_types
 
-from pipeline import tfma_dice
-from pipeline.evaluation import make_eval_config
+from evaluation import tfma_dice
+from evaluation.tfma_config import make_eval_config
 
 # One 4x4 slice, as class maps. Liver is class >= 1, tumour class 2:
 #   liver:  true 6, predicted 6, both 5 -> Dice 10/12, IoU 5/7
@@ -133,7 +133,7 @@ def test_trainer_metrics_name_liver_dice_dice_in_both_modes():
 
 
 def test_predict_labels_by_argmax_or_threshold():
-    from pipeline.inference import probabilities_to_labels
+    from inference.segmenter import probabilities_to_labels
     labels = probabilities_to_labels(_softmax_like(PRED))
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, PRED)

@@ -16,7 +16,7 @@ from tfx_bsl.coders import batch_util
 
 from components import byte_size_batching as bsb
 from components import packaged_schema_gen
-from pipeline.validation import validation_components
+from components.anomalies_gate import validation_components
 from preprocessing.examples import slice_example_bytes
 from preprocessing.slices import SliceRecord
 from schema import SCHEMA_FILE_NAME, SCHEMA_PATH, schema_sha256

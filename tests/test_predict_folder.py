@@ -20,7 +20,9 @@ import pytest
 
 import predict
 from models.metrics import dice_numpy
-from pipeline import inference
+from inference import writers
+from inference.cases import discover_inputs
+from preprocessing.nifti import CaseError
 from preprocessing.synthetic_ct import write_dataset
 from test_volume_eval import export_model
 
@@ -54,9 +56,9 @@ def folder_run(setup):
 
 
 def _rows(out):
-    with open(os.path.join(out, inference.PREDICTIONS_CSV)) as f:
+    with open(os.path.join(out, writers.PREDICTIONS_CSV)) as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == inference.PREDICTION_COLUMNS
+        assert tuple(reader.fieldnames) == writers.PREDICTION_COLUMNS
         return {r["case"]: r for r in reader}
 
 
@@ -86,11 +88,11 @@ def test_one_mask_per_good_volume_equal_to_a_single_run(setup, folder_run, tmp_p
     data, model, _ = setup
     _, _, stderr, out = folder_run
     assert sorted(os.listdir(out)) == sorted(
-        [f"{c}{inference.MASK_SUFFIX}" for c in GOOD] + [inference.PREDICTIONS_CSV])
+        [f"{c}{writers.MASK_SUFFIX}" for c in GOOD] + [writers.PREDICTIONS_CSV])
     for case in GOOD:
         single = _single_run(model, os.path.join(data, f"{case}.nii.gz"),
                              str(tmp_path / f"{case}.nii.gz"))
-        with open(os.path.join(out, f"{case}{inference.MASK_SUFFIX}"), "rb") as f:
+        with open(os.path.join(out, f"{case}{writers.MASK_SUFFIX}"), "rb") as f:
             assert f.read() == single, case
     # Not a terminal here: a log line per volume instead of the bar.
     assert sum(" Volume " in l or l.startswith("Volume ") for l in stderr.splitlines()) >= 3
@@ -103,7 +105,7 @@ def test_the_csv_holds_each_masks_volumes_and_dice(setup, folder_run):
     assert sorted(rows) == GOOD
     for case in GOOD:
         row = rows[case]
-        mask_img = nib.load(os.path.join(out, f"{case}{inference.MASK_SUFFIX}"))
+        mask_img = nib.load(os.path.join(out, f"{case}{writers.MASK_SUFFIX}"))
         mask = np.asanyarray(mask_img.dataobj)
         true = np.asanyarray(nib.load(os.path.join(
             data, case.replace("volume", "segmentation") + ".nii.gz")).dataobj)
@@ -140,8 +142,8 @@ def test_a_manifest_with_an_unlabelled_row_and_a_missing_file(setup, folder_run,
     assert rows["volume-1"]["tumour_dice"] == "" and float(rows["volume-1"]["liver_ml"]) > 0
     # The same volumes, the same masks as the folder run's.
     for name, case in (("first", "volume-0"), ("volume-1", "volume-1")):
-        with open(os.path.join(out, f"{name}{inference.MASK_SUFFIX}"), "rb") as a, \
-                open(os.path.join(folder_run[3], f"{case}{inference.MASK_SUFFIX}"), "rb") as b:
+        with open(os.path.join(out, f"{name}{writers.MASK_SUFFIX}"), "rb") as a, \
+                open(os.path.join(folder_run[3], f"{case}{writers.MASK_SUFFIX}"), "rb") as b:
             assert a.read() == b.read(), name
 
 
@@ -149,13 +151,13 @@ def test_a_volume_without_segmentation_is_a_case_to_segment(tmp_path):
     for name in ("volume-0.nii.gz", "segmentation-0.nii.gz", "volume-5.nii", "notes.txt",
                  "volume-12.nii.gz"):
         (tmp_path / name).write_bytes(b"")
-    cases, errors = inference.discover_inputs(str(tmp_path))
+    cases, errors = discover_inputs(str(tmp_path))
     assert errors == []
     assert [(c.case_id, c.label_path is not None) for c in cases] == [
         ("volume-0", True), ("volume-5", False), ("volume-12", False)]
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(inference.CaseError, match="no volumes found"):
-        inference.discover_inputs(str(tmp_path / "empty"))
+    with pytest.raises(CaseError, match="no volumes found"):
+        discover_inputs(str(tmp_path / "empty"))
 
 
 def test_mask_paths_stay_in_the_folder_and_never_collide():
@@ -163,9 +165,9 @@ def test_mask_paths_stay_in_the_folder_and_never_collide():
     folder under a name no other case id maps to (replacing "/" by "_" sent "a/b" and "a_b" to
     one file, the second overwriting the first)."""
     ids = ["a/b", "a_b", "a%2Fb", "a\\b", "a%5Cb", "volume-3", "../up"]
-    paths = [inference.mask_path("out", case_id) for case_id in ids]
+    paths = [writers.mask_path("out", case_id) for case_id in ids]
     assert len(set(paths)) == len(ids), paths
     for path in paths:
-        assert os.path.dirname(path) == "out" and path.endswith(inference.MASK_SUFFIX), path
-    assert inference.mask_path("out", "volume-3") == os.path.join(
-        "out", "volume-3" + inference.MASK_SUFFIX)
+        assert os.path.dirname(path) == "out" and path.endswith(writers.MASK_SUFFIX), path
+    assert writers.mask_path("out", "volume-3") == os.path.join(
+        "out", "volume-3" + writers.MASK_SUFFIX)

@@ -25,7 +25,9 @@ import pytest
 import tensorflow as tf
 
 import predict
-from pipeline import inference
+from inference import model as inference_model
+from inference import segmenter
+from inference.cases import load_input
 from models.metrics import class_map, dice_numpy
 from preprocessing import features as F
 from preprocessing.case_conversion import case_examples
@@ -179,8 +181,8 @@ def run_predict(files, config, model, out_dir):
     NIfTI). Returns the written image and the input label image."""
     out_path = os.path.join(out_dir,
                             os.path.basename(files.image_path).replace(".nii", "_pred.nii"))
-    case = inference.load_input(files.image_path)
-    inference.segment_case(inference.serving_function(model), config, case, out_path,
+    case = load_input(files.image_path)
+    segmenter.segment_case(inference_model.serving_function(model), config, case, out_path,
                            batch_size=5)   # 5: batches that do not divide Z
     return nib.load(out_path), nib.load(files.label_path)
 
@@ -282,7 +284,7 @@ def test_a_flipped_model_fails_the_check(tmp_path, flip):
 # --- 2. predict.py's pixels are the ExampleGen's -------------------------------------------------
 
 def test_predict_sends_the_examplegen_pixels(tmp_path):
-    """volume_to_model_input of inference.load_input equals the images in the ExampleGen's
+    """volume_to_model_input of inference.cases.load_input equals the images in the ExampleGen's
     examples, bit for bit, for every slice; the float-HU route (load_case) that predict.py used
     before differs by at most 1 HU on a few pixels of header-scaled files (measured here, as
     predict.py's docstring says)."""
@@ -303,7 +305,7 @@ def test_predict_sends_the_examplegen_pixels(tmp_path):
         for config in (SliceConfig(size=(64, 48), context=1),
                        SliceConfig(size=(40, 40), context=2, target_spacing=0.9)):
             expected = examplegen_slices(files, config)
-            sent = volume_to_model_input(inference.load_input(files.image_path), config)
+            sent = volume_to_model_input(load_input(files.image_path), config)
             assert len(sent) == len(expected)
             for z, (image, _) in expected.items():
                 np.testing.assert_array_equal(sent[z], image, err_msg=f"{files.image_path} z={z}")
@@ -366,7 +368,7 @@ def test_main_writes_the_label_back_and_prints_dice(saved, tmp_path, capsys):
         line = next(l for l in printed.splitlines() if l.startswith(f"{name} Dice"))
         assert float(line.split()[-1]) >= 0.98, printed
     # segment_volume (the same without --label) writes the same mask.
-    mask, channels = inference.segment_volume(model_dir, files.image_path, str(tmp_path / "b.nii"))
+    mask, channels = segmenter.segment_volume(model_dir, files.image_path, str(tmp_path / "b.nii"))
     assert channels == 3
     np.testing.assert_array_equal(mask, np.asanyarray(written.dataobj))
 

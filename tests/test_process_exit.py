@@ -1,7 +1,7 @@
-"""A process that used s3:// ends with its own exit status (preprocessing/process_exit.py).
+"""A process that used s3:// ends with its own exit status (common/process_exit.py).
 
 Against moto's S3 server on loopback (the endpoint MinIO users set, S3_ENDPOINT=http://...), each
-case runs in a fresh interpreter of this venv that writes through preprocessing/storage.py:
+case runs in a fresh interpreter of this venv that writes through common/storage.py:
 - ended the usual way, it aborts at exit with status 134 (tensorflow-io 0.37.1's teardown bug:
   the control, which shows this setup reproduces it; if it stops failing, the bug is gone
   upstream and the hard exit may go);
@@ -46,8 +46,8 @@ def _run(argv, env, cwd=REPO):
 def _writer(key: str, ending: str) -> str:
     """A script that writes s3://BUCKET/key through storage.py, prints, then ends by `ending`."""
     return textwrap.dedent(f"""
-        from preprocessing import storage
-        from preprocessing.process_exit import exit_process
+        from common import storage
+        from common.process_exit import exit_process
         storage.write_text("s3://{BUCKET}/{key}", "written")
         print("wrote {key}")
     """) + ending + "\n"
@@ -63,7 +63,7 @@ def test_the_control_aborts_at_exit(s3_env):
     assert _read(client, "control") == "written" and "wrote control" in result.stdout
     assert status == ABORTED, (
         f"a process that used s3:// ended with {status}, not tensorflow-io 0.37.1's abort "
-        f"(134): if tensorflow-io was upgraded, preprocessing/process_exit.py's hard exit may "
+        f"(134): if tensorflow-io was upgraded, common/process_exit.py's hard exit may "
         f"no longer be needed\n{result.stderr[-2000:]}")
 
 
@@ -105,7 +105,7 @@ def test_a_host_that_executes_our_script_goes_on(tmp_path):
     must leave the process to it (a hard exit there ended `tfx pipeline create` silently)."""
     script = tmp_path / "our_cli.py"
     script.write_text("import tensorflow_io  # noqa: F401  (loaded, as under TFX)\n"
-                      "from preprocessing.process_exit import exit_process\n"
+                      "from common.process_exit import exit_process\n"
                       "if __name__ == '__main__':\n    exit_process(0)\n")
     host = textwrap.dedent(f"""
         from importlib import machinery, util

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from preprocessing import storage
+from common import storage
 from preprocessing.case_discovery import discover_lits_cases, discover_manifest_cases
 from preprocessing.nifti import CaseError, load_case, read_case
 from remote_io_helpers import (BAD_FILES, allow_list_violations, copy_case, cut_in_half,
@@ -194,7 +194,7 @@ def test_example_gen_keeps_a_manifest_uri(tmp_path, monkeypatch):
 
 def test_gate_reads_anomalies_from_ram(ram):
     from tensorflow_metadata.proto.v0 import anomalies_pb2
-    from pipeline.validation import ANOMALIES_FILE, describe_anomalies
+    from components.anomalies_gate import ANOMALIES_FILE, describe_anomalies
     bad = anomalies_pb2.Anomalies()
     bad.anomaly_info["has_liver"].reason.add(description="Unexpected value 7")
     storage.write_bytes(storage.join(ram, "Split-train", ANOMALIES_FILE), bad.SerializeToString())

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import artifact_uris
+from pipeline.component_configs import trainer_custom_config
 from pipeline.configs import profile_config
 # The tolerant read of Keras' training_metadata.json, shared with the pipeline-level resume test
 # rather than copied: Keras truncates the file, then rewrites it, so a poll can find it empty or
@@ -42,17 +43,13 @@ def test_partial_metadata_reads_as_not_yet(tmp_path):
 
 @pytest.mark.pipeline
 def test_killed_trainer_resumes(runs, tmp_path):
-    import dataclasses
     output_dir, _, _ = runs
     config = profile_config("tiny")
     config.train.steps_per_epoch = 2
     transformed = artifact_uris(output_dir, "Transform", "transformed_examples")[0]
     model_root = tmp_path / "Trainer"
     fn_args = {
-        "custom_config": {"model": dataclasses.asdict(config.model),
-                          "train": dataclasses.asdict(config.train),
-                          "image_shape": [64, 64, 3],
-                          "slice": config.example_gen.slices.to_dict()},
+        "custom_config": trainer_custom_config(config),
         "transform_output": artifact_uris(output_dir, "Transform", "transform_graph")[0],
         "train_files": [os.path.join(transformed, "Split-train", "*")],
         "eval_files": [os.path.join(transformed, "Split-eval", "*")],

@@ -12,7 +12,7 @@ from tfx import v1 as tfx
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.types import artifact_utils
 
-from pipeline.validation import ANOMALIES_FILE, describe_anomalies, validation_components
+from components.anomalies_gate import ANOMALIES_FILE, describe_anomalies, validation_components
 from preprocessing import features as F
 from preprocessing.slices import SliceRecord
 from slice_helpers import slice_to_example

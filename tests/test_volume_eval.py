@@ -1,4 +1,4 @@
-"""pipeline/volume_eval.py and components/volume_evaluator.py on tiny synthetic cases with a
+"""evaluation/volume_eval.py and components/volume_evaluator.py on tiny synthetic cases with a
 real SavedModel.
 
 The model is a crude one on purpose: a tf.Module exported like the Trainer's model (a
@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import inference
+from inference import segmenter
 from components.volume_evaluator import VolumeEvaluation, VolumeEvaluator, volume_evaluator
 from models.metrics import dice_numpy
-from pipeline import volume_eval
-from pipeline.volume_metrics import METRIC_NAMES
-from preprocessing import storage
+from evaluation import volume_eval
+from evaluation.volume_metrics import METRIC_NAMES
+from common import storage
 from preprocessing import features as F
 from preprocessing.case_discovery import discover_lits_cases
 from preprocessing.conversion_plan import plan_conversion
@@ -145,7 +145,7 @@ def test_scores_match_predict_py_masks(evaluated, setup, tmp_path):
     metrics, _, npz = _read(out)
     for files, case in zip(cases, metrics["cases"]):
         mask_path = str(tmp_path / f"{files.case_id}_mask.nii.gz")
-        inference.segment_volume(setup[1], files.image_path, mask_path)
+        segmenter.segment_volume(setup[1], files.image_path, mask_path)
         mask_img, truth_img = nib.load(mask_path), nib.load(files.label_path)
         mask, truth = np.asanyarray(mask_img.dataobj), np.rint(truth_img.get_fdata())
         scores = case["candidate"]

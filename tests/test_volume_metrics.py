@@ -1,4 +1,4 @@
-"""pipeline/volume_metrics.py against answers worked out by hand from the geometry.
+"""evaluation/volume_metrics.py against answers worked out by hand from the geometry.
 
 Shifted boxes: a box of a x b x c mm moved by s mm along its c edge (s <= c) overlaps itself by
 (c - s) / c, so Dice = (c - s) / c and VOE = 1 - (c - s) / (c + s). Every point of the trailing
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.volume_metrics import (CaseScorer, DiceTally, OverlapCounts, class_mask,
+from evaluation.volume_metrics import (CaseScorer, DiceTally, OverlapCounts, class_mask,
                                      mask_metrics)
 
 GRID = (24, 24, 24)

@@ -11,9 +11,12 @@ import zipfile
 
 import pytest
 
+from test_layers import LAYERS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("pipeline", "components", "preprocessing", "trainer", "models", "schema")
-PY_MODULES = ("local_runner.py", "kubeflow_runner.py", "predict.py")
+# The house's rooms (tests/test_layers.py): the folders are packages, the rest top-level modules.
+PACKAGES = tuple(r for r in LAYERS if os.path.isdir(os.path.join(REPO, r)))
+PY_MODULES = tuple(f"{r}.py" for r in LAYERS if r not in PACKAGES)
 
 
 def _dockerignore_patterns():

@@ -14,7 +14,7 @@ the run's outputs; the others write theirs to a temporary directory (`role_direc
 restore from the chief's checkpoint (`WorkerBackupAndRestore`): the pipeline root must then be
 storage every worker reaches (gs://, s3://, a shared volume).
 
-The pipeline root may be a URI (gs://, s3://): files go through preprocessing/storage.py, and
+The pipeline root may be a URI (gs://, s3://): files go through common/storage.py, and
 Keras 3 reads and writes weights at any scheme://... path itself (keras/src/utils/file_utils.py
 treats every "scheme://" path as remote: a local temp file copied with tf.io.gfile), so only
 s3:// needs its filesystem registered first (storage.ensure_filesystem).
@@ -31,7 +31,7 @@ from typing import Optional
 
 import keras
 
-from preprocessing import storage
+from common import storage
 from schema.contract import CONSOLE_LOGGER
 
 BEST_WEIGHTS = "best.weights.h5"   # the best epoch's weights (also copied to model_run_dir)

@@ -37,8 +37,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from common import storage
 from preprocessing import features as F
-from preprocessing import storage
 from trainer.augment import gaussian_kernel, has_affine, is_geometric
 from trainer.augment_config import AugmentConfig
 
@@ -166,6 +166,7 @@ def needs_tf_elastic(cfg: Optional[AugmentConfig], op_device: str) -> bool:
 
 def _uniform(lo: float, hi: float):
     from nvidia.dali import fn
+
     # DALI's uniform rejects an empty range; a fixed value is the same draw.
     return fn.random.uniform(range=[float(lo), float(hi)]) if hi > lo else float(lo)
 
@@ -199,7 +200,9 @@ def _elastic_gpu(image, mask, cfg: AugmentConfig, applied, height: int, width: i
     """remap is GPU-only. Same field as trainer/augment.py: white noise blurred by a Gaussian
     of sigma pixels, scaled to alpha pixels of standard deviation; the maps are clamped to the
     image since remap fills outside with 0."""
-    from nvidia.dali import fn, math as dmath, types
+    from nvidia.dali import fn
+    from nvidia.dali import math as dmath
+    from nvidia.dali import types
 
     radius = max(1, min(int(math.ceil(3 * cfg.elastic_sigma)), height - 1, width - 1))
     norm = float(np.sum(np.square(gaussian_kernel(cfg.elastic_sigma, radius).numpy())))
@@ -275,8 +278,8 @@ class PipelineSpec:
 
 def build_pipeline(spec: PipelineSpec, shard_id: int = 0, num_shards: int = 1,
                    device_id: Optional[int] = None):
-    from nvidia.dali import fn, pipeline_def
     import nvidia.dali.tfrecord as tfrec
+    from nvidia.dali import fn, pipeline_def
 
     files = list(zip(spec.shards.records, spec.shards.indexes))
     if spec.shuffle:   # the reader shuffles within its buffer; vary the file order as well

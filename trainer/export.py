@@ -18,11 +18,10 @@ import json
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from common import storage
 from preprocessing import features as F
-from preprocessing import storage
 from schema.contract import (MODEL_SLICE_CONFIG_FILE, PROBABILITIES, SIGNATURE_RAW,
                              SIGNATURE_SLICES, SIGNATURE_TRANSFORMED)
-
 
 
 class SegmentationServingModule(tf.Module):

@@ -22,7 +22,7 @@ import platform
 import time
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
-from preprocessing import storage
+from common import storage
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # bf16 must beat fp32 by this much in the probe: a ratio within timing noise keeps fp32, the

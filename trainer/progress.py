@@ -4,7 +4,7 @@ Keras' own progress bar (verbose=1) does not draw when the output is not a termi
 verbose=2 prints only at the end of each epoch, which on a long epoch means no sign of life for
 many minutes. `TrainingProgress` replaces both: in a terminal a tqdm bar, otherwise a line at
 least every `interval` seconds (UNET3P_PROGRESS_INTERVAL, default 30) on the console logger
-(set up by pipeline/console.py), each with step/total, images/s, ETA, loss and the last
+(set up by common/logs.py), each with step/total, images/s, ETA, loss and the last
 validation Dice.
 Validation inside fit gets a line too when it runs longer than the interval.
 """

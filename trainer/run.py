@@ -23,17 +23,17 @@ from typing import Tuple, Union
 import keras
 import tensorflow_transform as tft
 
+from common import storage
+from common.process_exit import exit_process
 from models.losses import get_loss
-from models.model_config import ModelConfig
 from models.metrics import DiceCoefficient
+from models.model_config import ModelConfig
 from models.unet3plus import build_unet3plus, model_output_names
 from preprocessing import features as F
-from preprocessing import storage
-from preprocessing.process_exit import exit_process
 from schema.contract import TRAINING_REPORT_FILE
-from trainer.checkpoints import (BEST_WEIGHTS, BestWeights, RoleDirectories,
-                                 WorkerBackupAndRestore, check_resume_point, resume_directory,
-                                 role_directories, trainer_root)
+from trainer.checkpoints import (BEST_WEIGHTS, BestWeights, RoleDirectories, WorkerBackupAndRestore,
+                                 check_resume_point, resume_directory, role_directories,
+                                 trainer_root)
 from trainer.device import (cluster_role, enable_multi_worker_fit, resolve_device_settings,
                             synchronize_batch_norm, wait_for_workers)
 from trainer.export import export_serving_model
@@ -42,7 +42,6 @@ from trainer.optim import make_learning_rate, make_optimizer
 from trainer.progress import TrainingProgress
 from trainer.tensorboard_images import SegmentationImages
 from trainer.train_config import TrainConfig
-
 
 
 def num_classes_from_spec(transformed_feature_spec) -> int:

@@ -13,6 +13,9 @@ XLA_MODES = ("auto", "on", "off")
 INPUTS = ("auto", "dali", "tfdata")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("cosine", "poly", "constant")
+# Reach run_fn through TFX's TrainArgs / EvalArgs (fn_args.train_steps, .eval_steps), which it
+# reads; the Trainer's custom_config carries the other fields only.
+STEPS_FROM_TRAIN_ARGS = ("train_steps", "eval_steps")
 
 
 @dataclasses.dataclass

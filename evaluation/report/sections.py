@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from pipeline.report import overlays, plots, tables
-from pipeline.report.header import ReportData
+from evaluation.report import overlays, plots, tables
+from evaluation.report.header import ReportData
 
 
 def data_uri(png: bytes) -> str:

@@ -1,6 +1,6 @@
 """Known noise, filtered where it starts, each filter with why it is safe: google-api-core's
 Python-version FutureWarning, TensorFlow's CUDA-factory registration lines on import, absl's
-pre-init warnings. pipeline/console.py installs these before TensorFlow, TFX or
+pre-init warnings. common/logs.py installs these before TensorFlow, TFX or
 google-api-core are imported."""
 from __future__ import annotations
 

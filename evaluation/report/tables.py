@@ -7,7 +7,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from pipeline.report.inputs import Thresholds
+from evaluation.report.inputs import Thresholds
 
 # (key in metrics.json, header, format) of the metrics shown for candidate (and baseline).
 METRICS: Tuple[Tuple[str, str, str], ...] = (

@@ -1,6 +1,6 @@
 """What the report reads: the full-volume evaluation (metrics.json, worst_slices.npz, written by
-pipeline/volume_eval.py), the blessing, and the Dice bar. Every path may be a URI (gs://, s3://):
-all reads go through preprocessing/storage.py. No TFMA here (pipeline/report/tfma_slices.py)."""
+evaluation/volume_eval.py), the blessing, and the Dice bar. Every path may be a URI (gs://, s3://):
+all reads go through common/storage.py. No TFMA here (evaluation/report/tfma_slices.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from pipeline.evaluation_config import EvalConfig
-from preprocessing import storage
+from common import storage
+from evaluation.evaluation_config import EvalConfig
 from schema.contract import VOLUME_METRICS_FILE, WORST_SLICES_FILE
 
 # The files TFX's Evaluator writes into a ModelBlessing artifact.

@@ -6,7 +6,7 @@ import dataclasses
 from html import escape
 from typing import Any, Dict, List, Optional, Tuple
 
-from pipeline.report.inputs import Thresholds, VolumeEval
+from evaluation.report.inputs import Thresholds, VolumeEval
 
 
 @dataclasses.dataclass

@@ -2,9 +2,9 @@
 system's fonts), so it opens by double-click, from disk, with no network and no server."""
 from __future__ import annotations
 
-from pipeline.report import sections
-from pipeline.report.header import ReportData, header
-from pipeline.report.tables import SORT_SCRIPT
+from evaluation.report import sections
+from evaluation.report.header import ReportData, header
+from evaluation.report.tables import SORT_SCRIPT
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5em;

@@ -1,5 +1,5 @@
 """The worst slices of the worst volumes, kept while the full-volume evaluation runs (bounded
-memory) and written as worst_slices.npz for the report (pipeline/report): per case
+memory) and written as worst_slices.npz for the report (evaluation/report): per case
 `<case_id>__image` (HU float32 [k, H, W]), `__truth` and `__prediction` (uint8 labels) and
 `__slice_index` (int32, z in the canonical volume), slices shown as the model sees them
 (slices.canonical_to_display) and every n-th pixel kept so H, W <= MAX_PREVIEW_PX."""

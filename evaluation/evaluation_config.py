@@ -1,5 +1,5 @@
 """The Evaluator's settings: a plain dataclass (no TFMA), so pipeline/configs.py and the runners
-can hold it without importing TensorFlow Model Analysis. pipeline/evaluation.py applies it."""
+can hold it without importing TensorFlow Model Analysis. evaluation/tfma_config.py applies it."""
 from __future__ import annotations
 
 import dataclasses

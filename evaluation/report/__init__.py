@@ -3,7 +3,7 @@
 
     write_report(volume_eval_dir, "eval_report.html", evaluation_uri=..., blessing_uri=...)
 
-or `python -m pipeline.report --help`. Reads pipeline/volume_eval.py's folder (metrics.json,
+or `python -m evaluation.report --help`. Reads evaluation/volume_eval.py's folder (metrics.json,
 worst_slices.npz) and, when given, the Evaluator's ModelEvaluation and ModelBlessing artifacts;
 every path may be a URI."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, Dict, Optional
 
-from preprocessing import storage
+from common import storage
 
 # run_info keys that are also command-line flags (so the shown command reproduces the report).
 RUN_INFO_FLAGS = ("run_id", "model_id", "dice_lower_bound", "dice_change_tolerance")
@@ -28,7 +28,7 @@ def reproduce_command(volume_eval_dir: str, output_path: str, evaluation_uri: Op
         if run_info.get(key) is not None:
             args += [f"--{key}", str(run_info[key])]
     args += ["--output", storage.absolute(output_path)]
-    return ".venv/bin/python -m pipeline.report " + " ".join(shlex.quote(a) for a in args)
+    return ".venv/bin/python -m evaluation.report " + " ".join(shlex.quote(a) for a in args)
 
 
 def write_report(volume_eval_dir: str, output_path: str, evaluation_uri: Optional[str] = None,
@@ -37,14 +37,14 @@ def write_report(volume_eval_dir: str, output_path: str, evaluation_uri: Optiona
     """Writes the report and returns its path. run_info: optional "run_id", "model_id" (shown;
     the model defaults to metrics.json's URI), "dice_lower_bound", "dice_change_tolerance"
     (override the thresholds read from the evaluation)."""
-    from pipeline.report.header import ReportData
-    from pipeline.report.inputs import read_blessing, read_volume_eval, resolve_thresholds
-    from pipeline.report.page import render_page
+    from evaluation.report.header import ReportData
+    from evaluation.report.inputs import read_blessing, read_volume_eval, resolve_thresholds
+    from evaluation.report.page import render_page
     run_info = dict(run_info or {})
     volume_eval = read_volume_eval(volume_eval_dir)
     tfma = None
     if evaluation_uri:
-        from pipeline.report.tfma_slices import read_tfma_summary   # imports TFMA: slow
+        from evaluation.report.tfma_slices import read_tfma_summary  # imports TFMA: slow
         tfma = read_tfma_summary(evaluation_uri)
     data = ReportData(
         volume_eval=volume_eval,

@@ -11,7 +11,7 @@ Kubeflow run with its data and pipeline root in object storage works like a loca
   imported on first use of an s3:// path (credentials and endpoint from the environment:
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, and S3_ENDPOINT=http://host:port for
   MinIO, with the scheme). A process that used s3:// this way aborts at interpreter exit
-  (tensorflow-io 0.37.1): end it with preprocessing/process_exit.py's exit_process.
+  (tensorflow-io 0.37.1): end it with common/process_exit.py's exit_process.
 - TensorFlow's errors are raised as OSError (FileNotFoundError for a missing file), like the
   local ones, so callers catch one kind.
 - Local paths are made absolute (a relative path means the working directory of the caller, not

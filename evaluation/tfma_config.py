@@ -8,7 +8,7 @@ from typing import Optional
 
 import tensorflow_model_analysis as tfma
 
-from pipeline import tfma_dice
+from evaluation import tfma_dice
 from preprocessing import features as F
 from schema.contract import PROBABILITIES, SIGNATURE_TRANSFORMED
 

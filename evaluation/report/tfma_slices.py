@@ -1,16 +1,16 @@
 """What the report takes from the TFX Evaluator's output (a ModelEvaluation artifact): Dice and
 example counts overall and on the has_liver / has_tumor slices, the change against the
 baseline, the thresholds it ran with, and why it did not bless. The readers of
-pipeline/summary.py do the TFMA work; this module only picks and reshapes."""
+evaluation/tfma_results.py do the TFMA work; this module only picks and reshapes."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Dict, List, Optional
 
-from pipeline.evaluation_config import EvalConfig
-from pipeline.report.inputs import Thresholds
-from pipeline.summary import read_blessing_failures, slice_metrics
-from pipeline.tfma_dice import DICE, TUMOR_PREFIX, Dice
+from evaluation.evaluation_config import EvalConfig
+from evaluation.report.inputs import Thresholds
+from evaluation.tfma_dice import DICE, TUMOR_PREFIX, Dice
+from evaluation.tfma_results import read_blessing_failures, slice_metrics
 from preprocessing import features as F
 
 EXAMPLE_COUNT = "example_count"
@@ -45,7 +45,7 @@ def _slice_order(name: str):
 
 
 def read_tfma_summary(evaluation_uri: str) -> TfmaSummary:
-    import tensorflow_model_analysis as tfma   # heavy; only when there is an evaluation
+    import tensorflow_model_analysis as tfma  # heavy; only when there is an evaluation
     result = tfma.load_eval_result(evaluation_uri)   # read once: metrics and stored config
     by_metric = slice_metrics(result, names=METRICS)
     slices: Dict[str, Dict[str, float]] = {}
@@ -64,7 +64,7 @@ def read_tfma_summary(evaluation_uri: str) -> TfmaSummary:
 
 def thresholds_from_config(config) -> Optional[Thresholds]:
     """The bar and change tolerance on liver Dice from the EvalConfig the Evaluator stored with
-    its results (pipeline/evaluation.py sets them on the metric named "dice"); None if absent."""
+    its results (evaluation/tfma_config.py sets them on the metric named "dice"); None if absent."""
     for spec in config.metrics_specs if config else ():
         for metric in (m for m in spec.metrics if m.class_name == Dice.__name__):
             for per_slice in metric.per_slice_thresholds:

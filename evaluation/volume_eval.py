@@ -1,19 +1,19 @@
-"""Full-volume evaluation with the LiTS metrics (pipeline/volume_metrics.py): every slice of
-every case segmented as predict.py does it (pipeline/inference.py) and scored against the whole
+"""Full-volume evaluation with the LiTS metrics (evaluation/volume_metrics.py): every slice of
+every case segmented as predict.py does it (inference/) and scored against the whole
 truth volume. (The TFX Evaluator sees only the selected slices, the liver's z-range +-2 and 10%
 of the rest: it misses false positives elsewhere, and its per-volume Dice is not LiTS's.)
 
-    python -m pipeline.volume_eval --model DIR (--data_root DIR | --manifest CSV) \\
-        [--baseline DIR] [--split eval|all] [--profile tiny|demo|paper] --output DIR
+    python -m evaluation.volume_eval --model DIR (--data_root DIR | --manifest CSV) \\
+        [--baseline DIR] [--split eval|all] [--eval_fraction F --split_seed N] --output DIR
 
-Cases are found and split by the ExampleGen's code (plan_conversion with ConversionSettings, or
-a pipeline `--profile`'s), so `--split eval` gives the Evaluator's volumes. Truth and prediction
+Cases are found and split by the ExampleGen's code (plan_conversion with ConversionSettings), so
+`--split eval` with the run's eval_fraction and split_seed gives the Evaluator's volumes. Truth and prediction
 are compared in the case's canonical (RAS+) grid with its spacing. Classes follow the
 candidate's output channels: 1 -> liver only (such a model cannot find tumour: its tumour scores
 would say nothing); 3 -> liver and tumour, on every case (tumour-free and predicted so scores 1).
 A baseline lacking a class gets null for it.
 
-Written to --output (local or a URI, through preprocessing/storage.py):
+Written to --output (local or a URI, through common/storage.py):
   metrics.json  {"model": {"uri"}, "baseline": {"uri"} | null, "classes": [...],
                  "cases": [{"case_id", "spacing_mm": [x, y, z], "num_slices",
                             "candidate": {class: {dice, voe, rvd, assd_mm, msd_mm, hd95_mm,
@@ -51,13 +51,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.volume_metrics import METRIC_NAMES, CaseScorer
-from pipeline.worst_slices import WorstVolumes
-from preprocessing import storage
+from common import storage
+from common.process_exit import exit_process
+from evaluation.volume_metrics import METRIC_NAMES, CaseScorer
+from evaluation.worst_slices import WorstVolumes
+from inference.cases import load_input
+from inference.model import load_model
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_settings import ConversionSettings
 from preprocessing.nifti import CaseError, CaseFiles
-from preprocessing.process_exit import exit_process
 from preprocessing.splits import EVAL
 from schema.contract import (CONSOLE_LOGGER, VOLUME_METRICS_CSV_FILE, VOLUME_METRICS_FILE,
                              WORST_SLICES_FILE)
@@ -69,7 +71,7 @@ LOG = logging.getLogger(CONSOLE_LOGGER)
 
 @dataclasses.dataclass
 class ModelUnderTest:
-    """One model: its serving function and SliceConfig (pipeline/inference.py load_model) and,
+    """One model: its serving function and SliceConfig (inference/model.py load_model) and,
     once it has segmented a case (which tells its output channels), its scorer."""
     role: str                 # "candidate" or "baseline"
     uri: str
@@ -79,11 +81,11 @@ class ModelUnderTest:
 
     def segment(self, case, batch_size: int, threshold: float) -> np.ndarray:
         """uint8 labels in the case's canonical grid; the first call fixes the classes."""
-        from pipeline import inference   # TensorFlow and Keras: only when a model runs
-        probs = inference.predict_probabilities(self.serve, case, self.slice_config, batch_size)
+        from inference import segmenter  # TensorFlow and Keras: only when a model runs
+        probs = segmenter.predict_probabilities(self.serve, case, self.slice_config, batch_size)
         if self.scorer is None:
             self.scorer = CaseScorer(classes_of(probs.shape[-1]))
-        return inference.probabilities_to_labels(probs, threshold)
+        return segmenter.probabilities_to_labels(probs, threshold)
 
 
 def classes_of(channels: int) -> List[str]:
@@ -93,11 +95,10 @@ def classes_of(channels: int) -> List[str]:
 
 def load_models(model_dir: str, baseline_model_dir: Optional[str]) -> List[ModelUnderTest]:
     """Candidate (and baseline); CaseError naming the directory when one is not usable."""
-    from pipeline import inference
     models = []
     for role, uri in (("candidate", model_dir), ("baseline", baseline_model_dir)):
         if uri is not None:
-            serve, config = inference.load_model(uri)
+            serve, config = load_model(uri)
             models.append(ModelUnderTest(role, uri, serve, config))
     return models
 
@@ -124,12 +125,11 @@ class EvaluationResult:
 def evaluate_case(files: CaseFiles, models: List[ModelUnderTest], worst: WorstVolumes,
                   batch_size: int, threshold: float) -> Dict[str, Any]:
     """metrics.json's entry of one case (every model); CaseError when it cannot be read."""
-    from pipeline import inference
     start = time.perf_counter()
     if files.label_path is None:
         raise CaseError(files.image_path, "no ground truth to evaluate against", files.case_id)
-    case = inference.load_input(files.image_path, files.label_path,   # as predict.py reads it
-                                case_id=files.case_id)
+    case = load_input(files.image_path, files.label_path,   # as predict.py reads it
+                      case_id=files.case_id)
     truth = np.asarray(case.labels)
     record: Dict[str, Any] = {"case_id": files.case_id,
                               "spacing_mm": [float(s) for s in case.spacing],
@@ -269,18 +269,16 @@ def summary_lines(result: EvaluationResult) -> List[str]:
 
 
 def conversion_settings(args: argparse.Namespace) -> ConversionSettings:
-    """The ExampleGen's split settings: a profile's, or the defaults; flags override them."""
-    settings = ConversionSettings()
-    if args.profile:
-        from pipeline.configs import profile_config
-        settings = profile_config(args.profile).example_gen
+    """The ExampleGen's split settings: the defaults, with the flags that were given (a
+    pipeline run's eval split: pass the eval_fraction and split_seed it ran with)."""
     overrides = {"manifest": args.manifest, "eval_fraction": args.eval_fraction,
                  "split_seed": args.split_seed}
-    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    return dataclasses.replace(ConversionSettings(),
+                               **{k: v for k, v in overrides.items() if v is not None})
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.volume_eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m evaluation.volume_eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported SavedModel directory")
     source = p.add_mutually_exclusive_group(required=True)
@@ -289,10 +287,10 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--baseline", help="a second SavedModel to compare with")
     p.add_argument("--split", choices=SPLITS, default=EVAL)
     p.add_argument("--output", required=True, help="folder (or URI) for the three files")
-    p.add_argument("--profile", choices=("tiny", "demo", "paper"),
-                   help="take the split settings of this pipeline profile")
-    p.add_argument("--eval_fraction", type=float)
-    p.add_argument("--split_seed", type=int)
+    p.add_argument("--eval_fraction", type=float,
+                   help=f"the pipeline run's (default {ConversionSettings.eval_fraction})")
+    p.add_argument("--split_seed", type=int,
+                   help=f"the pipeline run's (default {ConversionSettings.split_seed})")
     for name, default in (("worst_volumes", 3), ("worst_slices", 4), ("batch_size", 16)):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--threshold", type=float, default=0.5,
@@ -301,9 +299,8 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from pipeline.console import setup_logging
-    setup_logging(None, name="volume_eval", component_lines=False, project_info=True,
-                  stream=sys.stderr)
+    from common.logs import setup_logging
+    setup_logging(None, name="volume_eval", project_info=True, stream=sys.stderr)
     args = parse_args(argv)
     try:
         try:

@@ -12,7 +12,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
-from preprocessing import storage
+from common import storage
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 

@@ -1,0 +1,47 @@
+"""Reading cases for inference, exactly as the ExampleGen reads them (preprocessing/nifti.py):
+stored values kept, header scaling applied slice by slice after resampling, so the model gets the
+training pixels bit for bit (tests/test_predict_geometry.py). One volume, or the cases of a LiTS
+folder or a CSV manifest. Bad input raises CaseError(file, reason)."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from common import storage
+from preprocessing.case_discovery import discover_lits_cases, discover_manifest_cases
+from preprocessing.nifti import CanonicalCase, CaseError, CaseFiles, canonicalize_case, read_case
+
+
+def load_input(input_path: str, label_path: Optional[str] = None,
+               case_id: Optional[str] = None) -> CanonicalCase:
+    """The volume (and ground truth) read, checked and reoriented exactly as the ExampleGen does
+    (preprocessing/case_conversion.py case_examples): stored values kept, HU scaling applied per
+    slice after resampling, so the model gets the training pixels bit for bit. CaseError (file,
+    reason, case id) on any bad input. `case_id`: a manifest's; default the file name's."""
+    case_id = case_id or storage.basename(input_path).split(".nii")[0]
+    return canonicalize_case(read_case(CaseFiles(case_id, input_path, label_path)), hu=False)
+
+
+def is_batch_input(input_path: str) -> bool:
+    """A folder (LiTS layout) or a CSV manifest, rather than one volume."""
+    return input_path.lower().endswith(".csv") or storage.isdir(input_path)
+
+
+def discover_inputs(input_path: str) -> Tuple[List[CaseFiles], List[CaseError]]:
+    """The cases of a LiTS folder (volume-N, with segmentation-N when there is one) or of a CSV
+    manifest (label optional), and one CaseError per entry that cannot be a case (duplicate id,
+    segmentation without volume, row without image), so that none is dropped unseen. CaseError
+    when the folder or manifest itself cannot be read or holds nothing."""
+    try:
+        if storage.isdir(input_path):
+            # A volume without a segmentation is a case to segment, just without Dice.
+            cases, errors = discover_lits_cases(input_path, allow_unlabeled=True)
+        else:
+            cases, errors = discover_manifest_cases(input_path, allow_unlabeled=True)
+    except FileNotFoundError as e:
+        raise CaseError(input_path, "not found") from e
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CaseError(input_path, f"cannot read the cases ({type(e).__name__}: {e})") from e
+    if not cases and not errors:
+        raise CaseError(input_path, "no volumes found (volume-N.nii[.gz] files, or manifest "
+                                    "rows with an image)")
+    return cases, errors
