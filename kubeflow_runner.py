@@ -16,14 +16,22 @@ Flink, Spark or portable runner gets the image as its workers' environment unles
 from __future__ import annotations
 
 import argparse
+import sys
 
 from common.process_exit import exit_process
 from pipeline import configs
 from pipeline import kubeflow_target as kt
+from pipeline.overrides import to_yaml
+from pipeline.settings_checks import SettingsError
+from pipeline.settings_flags import SHORTCUTS, add_settings_flags, config_from_args
 
+# The shortcut flags that mean something on a cluster (the paths are this runner's own flags).
+KFP_SHORTCUTS = tuple(f for f in SHORTCUTS if f not in (
+    "data_root", "pipeline_root", "serving_dir", "metadata_path", "num_cases"))
 # Components whose containers --beam_cpu/--beam_memory size. Not NiftiExampleGen: TFX's
 # ExampleGen builder drops platform config (tfx issue 6146).
 BEAM_COMPONENTS = ("StatisticsGen", "Transform", "Evaluator")
+EXIT_BAD_SETTINGS = 2   # as argparse's own errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,15 +47,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_root", required=True, help="folder of volume-N / segmentation-N "
                                                        "NIfTI files, as the tasks see it")
     p.add_argument("--serving_dir", required=True, help="where the Pusher puts blessed models")
-    p.add_argument("--train_steps", type=int)
-    p.add_argument("--classes", choices=configs.CHOICES["classes"],
-                   help="targets: liver (default) or liver_tumor (background / liver / tumour)")
     p.add_argument("--output", help="default: " + ", ".join(
         f"{kt.DEFAULT_OUTPUT[t]} ({t})" for t in kt.TARGETS) + "; .yaml/.yml or .json")
     p.add_argument("--beam_arg", action="append", default=None, metavar="ARG",
                    help="a Beam pipeline argument (repeatable), e.g. "
                         "--beam_arg=--runner=DataflowRunner; default: in-process in each task")
     _add_resource_flags(p)
+    # The settings surface of local_runner.py, without its local paths and environment defaults:
+    # the compiled file carries the effective settings.
+    add_settings_flags(p, shortcuts=KFP_SHORTCUTS, from_env=False)
     args = p.parse_args(argv)
     _check_args(p, args)
     return args
@@ -97,16 +105,24 @@ def _apply_resources(pipeline, args: argparse.Namespace) -> None:
             component.with_platform_config(beam)
 
 
-def compile_pipeline(args: argparse.Namespace, beam_args) -> dict:
+def settings(args: argparse.Namespace, beam_args) -> configs.PipelineConfig:
+    """The effective settings: the profile, --config files, this runner's paths and Beam args
+    (which win over a file's), the shortcut flags, --set."""
+    # metadata_path "": the cluster keeps its own ML Metadata (and no local path of the machine
+    # that compiled gets into the file).
+    fixed = [("pipeline_root", args.pipeline_root), ("data_root", args.data_root),
+             ("serving_dir", args.serving_dir), ("metadata_path", "")]
+    if beam_args is not None:
+        fixed.append(("beam_pipeline_args", beam_args))
+    return config_from_args(args, fixed)
+
+
+def compile_pipeline(args: argparse.Namespace, config: configs.PipelineConfig) -> dict:
     """The document to upload for args.target."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
     from pipeline.pipeline import create_pipeline
 
-    config = configs.make_config(profile=args.profile, pipeline_root=args.pipeline_root,
-                                 data_root=args.data_root, serving_dir=args.serving_dir,
-                                 train_steps=args.train_steps, classes=args.classes,
-                                 beam_pipeline_args=beam_args)
     pipeline = create_pipeline(config, with_baseline=kt.runs_resolvers(args.target))
     _apply_resources(pipeline, args)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
@@ -119,11 +135,19 @@ def compile_pipeline(args: argparse.Namespace, beam_args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     beam_args, note = kt.with_worker_packaging(args.beam_arg, args.image)
+    try:
+        config = settings(args, beam_args)
+    except SettingsError as e:
+        print(f"kubeflow_runner.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return 0
     if note:
         print(note)
-    document = compile_pipeline(args, beam_args)
+    document = compile_pipeline(args, config)
     kt.write_document(document, args.output)
-    print(f"Compiled {configs.PIPELINE_NAME} for {args.target} -> {args.output}")
+    print(f"Compiled {config.pipeline_name} for {args.target} -> {args.output}")
     return 0
 
 

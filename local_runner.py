@@ -12,12 +12,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 
 from common import storage
 from common.process_exit import exit_process
 from pipeline import configs
-from schema.contract import EVAL_REPORT_FILE
+from pipeline.overrides import to_yaml
+from pipeline.settings_checks import SettingsError
+from pipeline.settings_flags import add_settings_flags
+from pipeline.settings_flags import config_from_args as config_from_settings_args
+from schema.contract import EVAL_REPORT_FILE, SETTINGS_FILE
+
+DEFAULT_OUTPUT_DIR = "outputs"
+EXIT_BAD_SETTINGS = 2   # as argparse's own errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,45 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default=env("UNET3P_PROFILE", "demo"), choices=configs.PROFILES)
-    p.add_argument("--data_root", default=env("UNET3P_DATA_ROOT"),
-                   help="folder of volume-N.nii[.gz] + segmentation-N.nii[.gz]; default: the "
-                        "built-in synthetic set, generated on first use")
-    p.add_argument("--manifest", default=env("UNET3P_MANIFEST"),
-                   help="CSV with columns image, label[, case_id] (paths absolute or relative "
-                        "to the CSV), instead of LiTS naming under --data_root")
-    p.add_argument("--output_dir", default=env("UNET3P_OUTPUT_DIR", "outputs"),
-                   help="where pipeline_root, metadata and serving_dir go by default")
-    p.add_argument("--pipeline_root", default=env("UNET3P_PIPELINE_ROOT"))
-    p.add_argument("--metadata_path", default=env("UNET3P_METADATA_PATH"))
-    p.add_argument("--serving_dir", default=env("UNET3P_SERVING_DIR"))
-    p.add_argument("--pipeline_name", default=env("UNET3P_PIPELINE_NAME",
-                                                  configs.PIPELINE_NAME))
-    p.add_argument("--train_steps", type=int, default=env("UNET3P_TRAIN_STEPS"))
-    p.add_argument("--batch_size", type=int, default=None)
-    p.add_argument("--steps_per_epoch", type=int, default=None,
-                   help="training steps between validations and checkpoints")
-    p.add_argument("--num_cases", type=int, default=None,
-                   help="number of synthetic volumes (ignored with --data_root)")
-    choices = configs.CHOICES
-    p.add_argument("--precision", choices=choices["precision"],
-                   help="auto: measured on this machine (see the README's Training details)")
-    p.add_argument("--xla", choices=choices["xla"])
-    p.add_argument("--normalization", choices=choices["normalization"],
-                   help="Transform's intensity normalization (default: window -> [0, 1])")
-    p.add_argument("--classes", choices=choices["classes"], default=env("UNET3P_CLASSES"),
-                   help="targets: liver (one sigmoid channel, liver incl. tumour; default) or "
-                        "liver_tumor (softmax over background / liver / tumour)")
-    p.add_argument("--input", choices=choices["input"], default=env("UNET3P_INPUT"),
-                   help="Trainer input pipeline (default auto: DALI when its TensorFlow plugin "
-                        "imports, else tf.data)")
-    p.add_argument("--no_augment", action="store_true",
-                   help="train without augmentation (default: rotation, scaling, elastic, "
-                        "brightness/contrast, noise; see AugmentConfig in trainer/augment_config.py)")
-    p.add_argument("--dice_lower_bound", type=float, default=None,
-                   help="eval liver Dice a model needs to be blessed (default: the profile's)")
-    p.add_argument("--dice_change_tolerance", type=float, default=None,
-                   help="how much worse than the last blessed model's Dice a model may be and "
-                        "still be blessed (default: the profile's)")
+    p.add_argument("--output_dir", default=env("UNET3P_OUTPUT_DIR"),
+                   help="where pipeline_root, metadata, serving_dir and logs go (default "
+                        "outputs; given, it also wins over the paths of a --config file)")
+    add_settings_flags(p)
     p.add_argument("--no_cache", action="store_true", help="re-run every component")
     p.add_argument("--verbose", action="store_true",
                    default=env("UNET3P_VERBOSE", "") not in ("", "0"),
@@ -72,32 +45,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beam_arg", action="append", default=None, metavar="ARG",
                    help="a Beam pipeline argument (repeatable), e.g. "
                         "--beam_arg=--direct_running_mode=multi_processing")
-    args = p.parse_args(argv)
-    for name in ("classes", "input"):   # argparse does not check defaults from the environment
-        value = getattr(args, name)
-        if value is not None and value not in choices[name]:
-            p.error(f"UNET3P_{name.upper()} must be one of {choices[name]}, got {value!r}")
-    if args.train_steps is not None:
-        args.train_steps = int(args.train_steps)
-    return args
+    return p.parse_args(argv)
+
+
+def output_dir(args: argparse.Namespace) -> str:
+    return os.path.abspath(args.output_dir or DEFAULT_OUTPUT_DIR)
 
 
 def config_from_args(args: argparse.Namespace) -> configs.PipelineConfig:
-    config = configs.make_config(
-        profile=args.profile, output_dir=args.output_dir, data_root=args.data_root,
-        pipeline_root=args.pipeline_root, metadata_path=args.metadata_path,
-        serving_dir=args.serving_dir, train_steps=args.train_steps, batch_size=args.batch_size,
-        steps_per_epoch=args.steps_per_epoch,
-        precision=args.precision, xla=args.xla, normalization=args.normalization,
-        classes=args.classes, input=args.input,
-        manifest=storage.absolute(args.manifest) if args.manifest else None,
-        num_cases=args.num_cases, dice_lower_bound=args.dice_lower_bound,
-        dice_change_tolerance=args.dice_change_tolerance,
-        enable_cache=not args.no_cache, beam_pipeline_args=args.beam_arg,
-        pipeline_name=args.pipeline_name)
-    if args.no_augment:
-        config.train.augment.enabled = False
-    return config
+    """The effective settings; SettingsError (pipeline/settings_checks.py) names what is wrong."""
+    fixed = []   # flags of this runner's own: given, they win over a --config file
+    if args.output_dir:
+        fixed += [(key, storage.join(output_dir(args), name))
+                  for key, name in configs.OUTPUT_DIR_LAYOUT.items()]
+    if args.no_cache:
+        fixed.append(("enable_cache", False))
+    if args.beam_arg is not None:
+        fixed.append(("beam_pipeline_args", args.beam_arg))
+    return config_from_settings_args(args, fixed, output_dir=output_dir(args))
 
 
 def ensure_input_data(config: configs.PipelineConfig) -> str:
@@ -119,26 +84,37 @@ def ensure_input_data(config: configs.PipelineConfig) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        config = config_from_args(args)   # a setting that cannot work starts nothing
+    except SettingsError as e:
+        print(f"local_runner.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return 0
     from common.logs import console_logger
     from pipeline.console import setup_run_logging
 
     # Before TFX, Beam or TensorFlow are imported: the noise filters act at import time.
-    run_log, component_lines = setup_run_logging(
-        os.path.join(os.path.abspath(args.output_dir), "logs"), verbose=args.verbose)
+    run_log, component_lines = setup_run_logging(os.path.join(output_dir(args), "logs"),
+                                                 verbose=args.verbose)
     say = console_logger().info
     say("Full log: %s", run_log.path)
     try:
-        return _run(args, component_lines, say)
+        return _run(args, config, component_lines, say)
     finally:
         say("Full log: %s", run_log.path)
         run_log.close()
 
 
-def _run(args: argparse.Namespace, component_lines, say) -> int:
+def _run(args: argparse.Namespace, config: configs.PipelineConfig, component_lines, say) -> int:
     from pipeline import console
-    config = config_from_args(args)
     data_root = ensure_input_data(config)
-    say("Profile %s; data %s; pipeline root %s", args.profile, data_root, config.pipeline_root)
+    settings_file = storage.join(config.pipeline_root, SETTINGS_FILE)
+    storage.makedirs(config.pipeline_root)
+    storage.write_text(settings_file, to_yaml(config))   # replayable: --config <this file>
+    say("Profile %s; data %s; pipeline root %s; settings %s", args.profile, data_root,
+        config.pipeline_root, settings_file)
 
     from tfx import v1 as tfx
 
@@ -162,7 +138,7 @@ def _run(args: argparse.Namespace, component_lines, say) -> int:
         text += f"\nTotal time: {time.time() - start:.0f} s"
     if summary and summary.get("report"):
         # The artifact's report, also at a fixed place: the last line a user reads.
-        report = os.path.join(os.path.abspath(args.output_dir), EVAL_REPORT_FILE)
+        report = os.path.join(output_dir(args), EVAL_REPORT_FILE)
         try:
             storage.copy(summary["report"], report)
         except OSError as e:   # the run itself succeeded: say where the artifact's copy is

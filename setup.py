@@ -22,6 +22,7 @@ setup(
         "tqdm",
         "matplotlib",            # the evaluation report's plots
         "surface-distance",      # LiTS surface metrics (DeepMind's library)
+        "omegaconf>=2.4,<2.5",   # --config / --set over the settings dataclasses
     ],
     extras_require={
         "s3": ["tensorflow-io==0.37.1", "boto3"],   # s3:// for tf.io.gfile and Beam

@@ -37,8 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 
-from models.encoders import ENCODERS  # noqa: E402
-from models.model_config import VARIANTS  # noqa: E402
+from models.model_config import ENCODERS, VARIANTS  # noqa: E402
 from models.unet3plus import build_unet3plus  # noqa: E402
 
 PAPER = dict(filters=(64, 128, 256, 512, 1024), skip_filters=64)

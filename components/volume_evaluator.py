@@ -26,7 +26,7 @@ from common import storage
 from components.artifacts import VolumeEvaluation
 from evaluation.volume_eval import evaluate_volumes, select_cases
 from preprocessing.conversion_settings import ConversionSettings
-from schema.contract import EVAL_REPORT_FILE
+from schema.contract import EVAL_REPORT_FILE, SETTINGS_FILE
 
 
 def serving_dir(model: standard_artifacts.Model) -> str:
@@ -52,6 +52,7 @@ def VolumeEvaluator(
         split: Parameter[str] = "eval",
         worst_volumes: Parameter[int] = 3,
         worst_slices: Parameter[int] = 4,
+        settings_yaml: Parameter[str] = "",
         baseline_model: InputArtifact[standard_artifacts.Model] = None,
         tfma_evaluation: InputArtifact[standard_artifacts.ModelEvaluation] = None,
         blessing: InputArtifact[standard_artifacts.ModelBlessing] = None) -> None:
@@ -59,7 +60,8 @@ def VolumeEvaluator(
 
     data_root: the ExampleGen's input_base. conversion_settings: the ExampleGen's
     ConversionSettings as JSON (to_dict(); eval_fraction, split_seed, eval_cases, manifest),
-    "{}" for the defaults. split: "eval" or "all"."""
+    "{}" for the defaults. split: "eval" or "all". settings_yaml: the run's effective settings,
+    kept in the artifact as settings.yaml and shown in the report."""
     settings = ConversionSettings.from_dict(json.loads(conversion_settings))
     cases, errors = select_cases(settings, data_root or None, split)
     result = evaluate_volumes(
@@ -68,6 +70,8 @@ def VolumeEvaluator(
         output_dir=evaluation.uri, worst_volumes=worst_volumes, worst_slices=worst_slices,
         known_errors=errors)
     record_figures(evaluation, result.metrics)
+    if settings_yaml:
+        storage.write_text(storage.join(evaluation.uri, SETTINGS_FILE), settings_yaml)
     if not result.metrics["cases"]:
         raise RuntimeError(f"VolumeEvaluator: no {split} case could be evaluated; "
                            f"{len(result.errors)} bad: "
@@ -86,7 +90,7 @@ def _write_report(evaluation, model, tfma_evaluation, blessing) -> None:
 
 def volume_evaluator(model, input_base: str, settings: ConversionSettings,
                      baseline_model=None, split: str = "eval", tfma_evaluation=None,
-                     blessing=None):
+                     blessing=None, settings_yaml: str = ""):
     """The component wired to a Model channel (and, when there are, a baseline Model channel
     and the Evaluator's evaluation and blessing channels, for the report), with the
     ExampleGen's input_base and settings. The manifest is resolved as NiftiExampleGen resolves
@@ -99,5 +103,5 @@ def volume_evaluator(model, input_base: str, settings: ConversionSettings,
     inputs = {name: channel for name, channel in optional.items() if channel is not None}
     return VolumeEvaluator(model=model, data_root=input_base,
                            conversion_settings=json.dumps(settings.to_dict()), split=split,
-                           **inputs)
+                           settings_yaml=settings_yaml, **inputs)
 

@@ -41,8 +41,7 @@ import keras
 from keras import layers
 
 from models.blocks import BN_MOMENTUM, encoder_block
-
-ENCODERS = ("unet3plus", "vgg16", "vgg19", "resnet50")
+from models.model_config import ENCODERS
 
 # keras.applications layer names of the feature maps at scales 1 .. 1/16 (None: built here).
 _APP_FEATURES = {

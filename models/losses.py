@@ -338,7 +338,7 @@ _LOSSES = {
 
 
 def get_loss(name: str, **kwargs) -> keras.losses.Loss:
-    """Loss by name: "hybrid" | "dice" | "bce" | "focal" | "iou" | "bce_dice" | "ms_ssim"."""
+    """Loss by name: one of models/model_config.py LOSSES."""
     key = name.lower().replace("-", "_").replace("+", "_")
     if key not in _LOSSES:
         raise ValueError(f"unknown loss {name!r}; expected one of {sorted(_LOSSES)}")

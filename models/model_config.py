@@ -11,6 +11,18 @@ from schema.settings import settings_from_dict
 # decoder scale), and deep supervision with the classification-guided module (CGM).
 VARIANTS = ("base", "ds", "ds_cgm")
 DEEP_SUPERVISED = ("ds", "ds_cgm")   # the variants with side outputs
+# Backbones (models/encoders.py): the paper's plain UNet encoder, or keras.applications topologies.
+ENCODERS = ("unet3plus", "vgg16", "vgg19", "resnet50")
+# Segmentation losses by name (models/losses.py builds them) and the keyword parameters each
+# takes (ModelConfig.loss_weights), so a wrong one is refused before any work starts;
+# tests/test_models.py checks both against the loss classes.
+LOSS_PARAMETERS = {
+    "hybrid": ("w_focal", "w_ms_ssim", "w_iou", "alpha", "gamma", "filter_size", "filter_sigma",
+               "iou_smooth"),
+    "dice": ("smooth",), "bce": (), "focal": ("alpha", "gamma"), "iou": ("smooth",),
+    "ms_ssim": ("filter_size", "filter_sigma"), "bce_dice": ("w_bce", "w_dice"),
+}
+LOSSES = tuple(LOSS_PARAMETERS)
 
 
 def check_variant(variant: str) -> None:
@@ -21,10 +33,11 @@ def check_variant(variant: str) -> None:
 @dataclasses.dataclass
 class ModelConfig:
     variant: str = "base"                                # one of VARIANTS
-    encoder: str = "unet3plus"          # unet3plus (the paper's) | vgg16 | vgg19 | resnet50
+    encoder: str = "unet3plus"          # one of ENCODERS (unet3plus: the paper's)
+    # Encoder widths, one per scale (unet3plus encoder; the others have fixed widths)
     filters: Tuple[int, ...] = (64, 128, 256, 512, 1024)
-    skip_filters: int = 64
-    loss: str = "hybrid"                                 # hybrid | dice | bce | bce_dice | ...
+    skip_filters: int = 64      # channels of each full-scale skip (the paper's 64)
+    loss: str = "hybrid"                                 # one of LOSSES (hybrid: the paper's)
     # The loss's own weights by name, e.g. {"w_focal": 1, "w_ms_ssim": 0.5, "w_iou": 1} for
     # hybrid or {"w_bce": 1, "w_dice": 2} for bce_dice (models/losses.py); {}: all 1.
     loss_weights: Dict[str, float] = dataclasses.field(default_factory=dict)

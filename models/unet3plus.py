@@ -37,7 +37,7 @@ import keras
 from keras import layers
 
 from models.blocks import BN_MOMENTUM, ClassificationGate, conv_bn_relu, resample
-from models.encoders import ENCODERS, build_encoder, check_encoder, encoder_depth
+from models.encoders import build_encoder, check_encoder, encoder_depth
 from models.model_config import DEEP_SUPERVISED, check_variant
 
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from pipeline.configs import PipelineConfig
+from pipeline.overrides import plain_to_yaml, to_plain, to_yaml
 from trainer.train_config import STEPS_FROM_TRAIN_ARGS
+
+# Settings that cannot change the model: left out of the record the Trainer exports with it, so
+# that changing one of them (a Dice bar, a path, the cache) does not invalidate the cached
+# Trainer.
+NOT_FOR_THE_MODEL = ("evaluation", "serving_dir", "metadata_path", "enable_cache",
+                     "beam_pipeline_args")
 
 
 def image_shape(config: PipelineConfig) -> List[int]:
@@ -30,4 +37,12 @@ def trainer_custom_config(config: PipelineConfig) -> Dict[str, Any]:
     return {"model": config.model.to_dict(),
             "train": train,
             "image_shape": image_shape(config),
-            "slice": config.example_gen.slices.to_dict()}
+            "slice": config.example_gen.slices.to_dict(),
+            "settings_yaml": model_settings_yaml(config)}
+
+
+def model_settings_yaml(config: PipelineConfig) -> str:
+    """The settings that produce the model, as YAML: every section but NOT_FOR_THE_MODEL. Passed
+    back with --config, the missing keys take the profile's (or the command line's) values."""
+    settings = to_plain(config)
+    return plain_to_yaml({k: v for k, v in settings.items() if k not in NOT_FOR_THE_MODEL})

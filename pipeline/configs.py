@@ -1,41 +1,58 @@
-"""Every setting of the pipeline, with its default, in one place. Profiles bundle them:
+"""The pipeline's settings tree, PipelineConfig: it composes each stage's settings dataclass
+(each lives beside the code that reads it, with its defaults: models/model_config.py,
+trainer/train_config.py, ...), plus the run's paths. Profiles set its defaults:
 
   tiny   the test suite's: 64x64 slices, a few volumes, a very narrow model, a few steps
   demo   `make run`: built-in synthetic CT at 128x128, a narrow UNet 3+, minutes on a CPU
   paper  the paper's setting: 320x320 input, widths 64..1024 with 64-channel skips, hybrid loss
 
-`local_runner.py` and `kubeflow_runner.py` turn flags into a PipelineConfig with `make_config`.
+`local_runner.py` and `kubeflow_runner.py` turn flags, --config files and --set overrides into a
+PipelineConfig with `make_config` (pipeline/settings_flags.py: the flags; overrides.py: merging;
+settings_checks.py: what cannot work).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from common.storage import absolute, dirname, join
 from evaluation.evaluation_config import EvalConfig
-from models.model_config import ModelConfig
+from models.model_config import ENCODERS, LOSSES, VARIANTS, ModelConfig
 from preprocessing.conversion_settings import (LOCAL_BEAM_RUNNER, ConversionSettings,
                                                with_local_runner)
-from preprocessing.slices import SliceConfig
+from preprocessing.slices import SELECTIONS, SliceConfig
 from preprocessing.synthetic_ct.data_config import SyntheticDataConfig
 from preprocessing.transform_config import CLASSES, NORMALIZATIONS, TransformConfig
 from trainer.augment_config import AugmentConfig
-from trainer.train_config import INPUTS, PRECISIONS, XLA_MODES, TrainConfig
+from trainer.train_config import (INPUTS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, XLA_MODES,
+                                  TrainConfig)
 
 PIPELINE_NAME = "unet3plus-liver"
 PROFILES = ("tiny", "demo", "paper")
-# The values a setting with a fixed set of choices takes, from the modules that check them: the
-# runners' flags offer exactly these.
-CHOICES = {"precision": PRECISIONS, "xla": XLA_MODES, "normalization": NORMALIZATIONS,
-           "classes": CLASSES, "input": INPUTS}
+# The values a setting with a fixed set of choices takes, from the modules that use them: the
+# settings checks, the runners' flags and the settings reference offer exactly these.
+CHOICES = {
+    "example_gen.slices.selection": SELECTIONS,
+    "transform.normalization": NORMALIZATIONS,
+    "transform.classes": CLASSES,
+    "model.variant": VARIANTS,
+    "model.encoder": ENCODERS,
+    "model.loss": LOSSES,
+    "train.optimizer": OPTIMIZERS,
+    "train.lr_schedule": LR_SCHEDULES,
+    "train.precision": PRECISIONS,
+    "train.xla": XLA_MODES,
+    "train.input": INPUTS,
+}
 
 
 @dataclasses.dataclass
 class PipelineConfig:
-    pipeline_name: str = PIPELINE_NAME
-    pipeline_root: str = "outputs/pipeline"
+    pipeline_name: str = PIPELINE_NAME     # the pipeline's name in ML Metadata and on Kubeflow
+    pipeline_root: str = "outputs/pipeline"   # where every artifact lands (a path or URI)
+    # The local runs' SQLite ML Metadata ("" on Kubeflow: the cluster keeps its own)
     metadata_path: str = "outputs/metadata.sqlite"
-    serving_dir: str = "outputs/serving_model"
+    serving_dir: str = "outputs/serving_model"   # where the Pusher puts blessed models
     data_root: Optional[str] = None        # None: the built-in synthetic set under outputs/
     synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
     example_gen: ConversionSettings = dataclasses.field(default_factory=ConversionSettings)
@@ -47,7 +64,7 @@ class PipelineConfig:
     # Prism, which downloads a binary from GitHub at run time (and falls back when offline).
     beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [
         LOCAL_BEAM_RUNNER, "--direct_running_mode=in_memory", "--direct_num_workers=1"])
-    enable_cache: bool = True
+    enable_cache: bool = True   # reuse a component's earlier outputs when its inputs are the same
 
     @property
     def synthetic_data_dir(self) -> str:
@@ -97,43 +114,41 @@ def profile_config(profile: str) -> PipelineConfig:
     raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
 
 
-# The settings a runner flag may override, by section of PipelineConfig; each flag is named after
-# its field.
-_OVERRIDABLE_FIELDS = {
-    "synthetic": ("num_cases",),
-    "example_gen": ("manifest",),
-    "train": ("train_steps", "batch_size", "steps_per_epoch", "precision", "xla", "input"),
-    "transform": ("normalization", "classes"),
-    "evaluation": ("dice_lower_bound", "dice_change_tolerance"),
-}
-# Flag name -> (section, field).
-OVERRIDABLE = {field: (section, field)
-               for section, fields in _OVERRIDABLE_FIELDS.items() for field in fields}
+# Where a run's paths go under its output folder, unless given.
+OUTPUT_DIR_LAYOUT = {"pipeline_root": "pipeline", "metadata_path": "metadata.sqlite",
+                     "serving_dir": "serving_model"}
 
 
 def make_config(profile: str = "demo", output_dir: str = "outputs",
                 data_root: Optional[str] = None, pipeline_root: Optional[str] = None,
                 metadata_path: Optional[str] = None, serving_dir: Optional[str] = None,
                 enable_cache: bool = True, beam_pipeline_args: Optional[List[str]] = None,
-                pipeline_name: str = PIPELINE_NAME, **overrides) -> PipelineConfig:
-    """A profile's defaults with the given overrides (keys of OVERRIDABLE; None keeps the
-    profile's value); paths default to under `output_dir`."""
-    unknown = set(overrides) - set(OVERRIDABLE)
-    if unknown:
-        raise TypeError(f"unknown settings {sorted(unknown)}; overridable: {sorted(OVERRIDABLE)}")
+                pipeline_name: str = PIPELINE_NAME, config_files: Sequence[str] = (),
+                overrides: Sequence = ()) -> PipelineConfig:
+    """The effective settings of a run: a profile's defaults, its paths under `output_dir`
+    (or as given), then each YAML file of `config_files` merged in order, then `overrides`
+    ("key=value" strings or (key, value) pairs; pipeline/overrides.py). Checked before it is
+    returned: SettingsError names what cannot work (pipeline/settings_checks.py)."""
+    from pipeline.overrides import apply_settings  # it imports this module
+    from pipeline.settings_checks import check_settings
     config = profile_config(profile)
     # Local paths become absolute; URIs (gs://, s3://, ...) stay as given.
     output_dir = absolute(output_dir)
     config.pipeline_name = pipeline_name
-    config.pipeline_root = absolute(pipeline_root or join(output_dir, "pipeline"))
-    config.metadata_path = absolute(metadata_path or join(output_dir, "metadata.sqlite"))
-    config.serving_dir = absolute(serving_dir or join(output_dir, "serving_model"))
-    config.data_root = absolute(data_root) if data_root else None
-    for name, value in overrides.items():
-        if value is not None:
-            section, field = OVERRIDABLE[name]
-            setattr(getattr(config, section), field, value)
+    given = {"pipeline_root": pipeline_root, "metadata_path": metadata_path,
+             "serving_dir": serving_dir}
+    for key, name in OUTPUT_DIR_LAYOUT.items():
+        setattr(config, key, given[key] or join(output_dir, name))
+    config.data_root = data_root
     if beam_pipeline_args is not None:
-        config.beam_pipeline_args = with_local_runner(beam_pipeline_args)
+        config.beam_pipeline_args = beam_pipeline_args
     config.enable_cache = enable_cache
+    config = apply_settings(config, config_files, overrides)
+    for name in ("pipeline_root", "metadata_path", "serving_dir", "data_root"):
+        value = getattr(config, name)
+        setattr(config, name, absolute(value) if value else value)
+    if config.example_gen.manifest:
+        config.example_gen.manifest = absolute(config.example_gen.manifest)
+    config.beam_pipeline_args = with_local_runner(config.beam_pipeline_args)
+    check_settings(config)
     return config

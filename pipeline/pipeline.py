@@ -22,6 +22,7 @@ from components.volume_evaluator import volume_evaluator
 from evaluation.tfma_config import make_eval_config
 from pipeline.component_configs import trainer_custom_config, transform_custom_config
 from pipeline.configs import PipelineConfig
+from pipeline.overrides import to_yaml
 from preprocessing.transform_config import TransformConfig
 from schema import schema_sha256
 
@@ -87,7 +88,8 @@ def _evaluate_and_push(config: PipelineConfig, transform, trainer, classes: str,
     full_volumes = volume_evaluator(
         trainer.outputs["model"], config.input_base, config.example_gen,
         baseline_model=model_resolver.outputs["model"] if model_resolver else None,
-        tfma_evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"])
+        tfma_evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
+        settings_yaml=to_yaml(config))
     return [c for c in (model_resolver, evaluator, pusher, full_volumes) if c is not None]
 
 

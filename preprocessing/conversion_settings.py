@@ -69,14 +69,14 @@ def conversion_beam_args(beam_args: List[str]) -> List[str]:
 class ConversionSettings:
     slices: SliceConfig = dataclasses.field(default_factory=SliceConfig)
     eval_fraction: float = 0.25       # share of the cases (patients) in the eval split
-    split_seed: int = 0
+    split_seed: int = 0               # which cases go to the eval split
     eval_cases: Optional[List[str]] = None   # explicit eval case ids (overrides eval_fraction)
     max_bad_fraction: float = 0.1     # more quarantined cases than this fails the run
     manifest: Optional[str] = None    # CSV (image, label[, case_id]) instead of LiTS naming
     # Cases without a label (manifest rows, LiTS volumes): inference-only cases, not errors.
     allow_unlabeled: bool = False
     compression_level: int = DEFAULT_COMPRESSION_LEVEL   # zlib level of the example shards
-    compress_threads: int = DEFAULT_COMPRESS_THREADS
+    compress_threads: int = DEFAULT_COMPRESS_THREADS     # threads compressing the shards
     prefetch: bool = True             # read the next case while converting one
 
     def to_dict(self) -> Dict[str, Any]:

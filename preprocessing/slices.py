@@ -20,6 +20,10 @@ import numpy as np
 from preprocessing.nifti import CanonicalCase
 from preprocessing.resample import image_to_model_grid, resample_hw
 
+# Which slices of a labelled volume become examples: every one, or the liver's z-range with a
+# margin plus a random keep_fraction of the rest.
+SELECTIONS = ("liver_margin", "all")
+
 
 @dataclasses.dataclass(frozen=True)
 class SliceConfig:
@@ -27,10 +31,10 @@ class SliceConfig:
     size: Tuple[int, int] = (320, 320)       # output H, W in pixels
     context: int = 1                         # neighbours per side: K = 2 * context + 1 channels
     window: Tuple[float, float] = (-200.0, 250.0)   # HU clip window
-    selection: str = "liver_margin"          # "all" | "liver_margin"
+    selection: str = "liver_margin"          # one of SELECTIONS
     margin: int = 2                          # slices kept beyond the liver's z-range
     keep_fraction: float = 0.1               # fraction of the remaining slices kept
-    seed: int = 0
+    seed: int = 0                            # which of the remaining slices are kept
     # In-plane pixel spacing in mm to resample to, then crop/pad (centred) to `size`. None: the
     # scan's whole field of view is resized to `size` (spacing then differs between scans).
     target_spacing: Optional[float] = None
@@ -192,8 +196,8 @@ def stack_context_zhw(image_zhw: np.ndarray, z: int, context: int,
 
 def _selection(labels_zhw: Optional[np.ndarray], num_slices: int, case_id: str,
                config: SliceConfig) -> np.ndarray:
-    if config.selection not in ("all", "liver_margin"):
-        raise ValueError(f"unknown slice selection {config.selection!r}")
+    if config.selection not in SELECTIONS:
+        raise ValueError(f"unknown slice selection {config.selection!r}; one of {SELECTIONS}")
     if labels_zhw is None or config.selection == "all":
         return np.arange(num_slices)
     has_liver = labels_zhw.reshape(num_slices, -1).max(axis=1) > 0

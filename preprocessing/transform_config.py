@@ -14,10 +14,10 @@ CLASSES = tuple(MASK_CHANNELS)   # liver | liver_tumor
 
 @dataclasses.dataclass
 class TransformConfig:
-    normalization: str = "window"   # window: HU window -> [0, 1]; zscore: foreground z-score
-    # (one of NORMALIZATIONS)
-    # liver: one channel, liver including tumour (the paper's liver task);
-    # liver_tumor: three one-hot channels background / liver / tumour (softmax model).
+    # one of NORMALIZATIONS; window: HU window -> [0, 1], zscore: foreground z-score
+    normalization: str = "window"
+    # one of CLASSES; liver: one channel, liver including tumour (the paper's liver task),
+    # liver_tumor: three one-hot channels background / liver / tumour (softmax model)
     classes: str = "liver"
 
     def __post_init__(self):

@@ -34,6 +34,12 @@ VOLUME_METRICS_CSV_FILE = "metrics.csv"
 WORST_SLICES_FILE = "worst_slices.npz"
 EVAL_REPORT_FILE = "eval_report.html"
 
+# A run's effective settings as YAML (pipeline/overrides.py to_yaml): under the pipeline root, in
+# the exported model's folder (the settings that made it) and in the full-volume evaluation's
+# artifact, shown in its report. `local_runner.py --config <that file>` replays them.
+SETTINGS_FILE = "settings.yaml"
+MODEL_SETTINGS_FILE = os.path.join("assets.extra", SETTINGS_FILE)
+
 # What a person sees while it runs (common/logs.py sets it up; the Trainer's progress
 # callback and the conversion log to it from below).
 CONSOLE_LOGGER = "unet3plus.console"           # lines meant for the console, not only the log

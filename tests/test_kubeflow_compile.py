@@ -18,6 +18,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 import kubeflow_runner
 from pipeline import kubeflow_target as kt
 from schema import schema_sha256
+from test_layers import LAYERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "registry.example/unet3plus-tfx:test"
@@ -27,13 +28,16 @@ RESOURCE_FLAGS = ["--trainer_gpus", "2", "--trainer_cpu", "8", "--trainer_memory
                   "--beam_cpu", "4", "--beam_memory", "16"]
 COMPONENTS = ("NiftiExampleGen", "PackagedSchemaGen", "StatisticsGen", "ExampleValidator",
               "AnomaliesGate", "Transform", "Trainer", "Evaluator", "Pusher", "VolumeEvaluator")
-OUR_PACKAGES = ("components.", "pipeline.", "preprocessing.", "trainer.", "models.", "schema.")
+OUR_PACKAGES = tuple(f"{room}." for room in LAYERS)   # the house's rooms (tests/test_layers.py)
 # name in the compile fixture -> (target, flags)
 VARIANTS = {
     "kfp": ("kfp", RESOURCE_FLAGS + ["--beam_arg=--runner=DataflowRunner"]),
     "kfp_plain": ("kfp", []),
     "vertex": ("vertex", RESOURCE_FLAGS),
     "vertex_plain": ("vertex", []),
+    # The settings surface: a variant, a learning rate and a step count from the command line.
+    "kfp_settings": ("kfp", ["--set", "model.variant=ds_cgm", "--set", "train.learning_rate=5e-4",
+                             "--train_steps", "11"]),
 }
 
 
@@ -287,3 +291,26 @@ def test_task_entrypoint_registers_s3():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _task_parameter(spec, task: str, name: str) -> str:
+    return spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]["runtimeValue"][
+        "constant"]
+
+
+def test_the_compiled_file_carries_the_effective_settings(compiled):
+    """--set and shortcut flags reach the tasks: the Trainer's custom_config and TrainArgs, and
+    the full settings.yaml the VolumeEvaluator keeps and shows in its report."""
+    spec = compiled["kfp_settings"][1]
+    custom = json.loads(_task_parameter(spec, "Trainer", "custom_config"))
+    assert custom["model"]["variant"] == "ds_cgm"
+    assert custom["train"]["learning_rate"] == 5e-4
+    assert "train_steps" not in custom["train"]       # it travels once, as TrainArgs
+    assert json.loads(_task_parameter(spec, "Trainer", "train_args"))["num_steps"] == 11
+    assert "variant: ds_cgm" in custom["settings_yaml"]
+    settings = yaml.safe_load(_task_parameter(spec, "VolumeEvaluator", "settings_yaml"))
+    assert settings["model"]["variant"] == "ds_cgm" and settings["train"]["train_steps"] == 11
+    assert settings["pipeline_root"] == "s3://b/root"
+    plain = yaml.safe_load(_task_parameter(compiled["kfp_plain"][1], "VolumeEvaluator",
+                                           "settings_yaml"))
+    assert plain["model"]["variant"] == "base"

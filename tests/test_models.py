@@ -11,9 +11,9 @@ import keras
 from keras import ops
 
 from models import losses as L
-from models.encoders import ENCODERS, build_encoder
+from models.encoders import build_encoder
+from models.model_config import ENCODERS, LOSS_PARAMETERS, LOSSES, VARIANTS
 from models.metrics import DiceCoefficient, IoUScore, dice_numpy
-from models.model_config import VARIANTS
 from models.unet3plus import build_unet3plus, model_output_names
 from metric_helpers import (MeanSliceDice, MeanSliceIoU, iou_numpy, mean_slice_dice_numpy,
                             mean_slice_iou_numpy, overlap_metrics)
@@ -273,6 +273,17 @@ def test_loss_serialization():
     assert (back.w_focal, back.w_ms_ssim, back.w_iou) == (2.0, 0.5, 1.5)
     with pytest.raises(ValueError):
         L.get_loss("nope")
+
+
+def test_loss_names_and_parameters_are_the_classes_own():
+    """models/model_config.py lists the losses and their parameters for the settings checks
+    (no Keras there); they must be what get_loss builds."""
+    assert tuple(L._LOSSES) == LOSSES
+    for name in LOSSES:
+        loss = L.get_loss(name)
+        assert tuple(type(loss).config_fields) == LOSS_PARAMETERS[name], name
+        for param in LOSS_PARAMETERS[name]:
+            L.get_loss(name, **{param: 1.0})   # each one is accepted
 
 
 def test_organ_present():

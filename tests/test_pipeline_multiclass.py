@@ -1,6 +1,7 @@
-"""The real tiny pipeline with three-class targets (--classes liver_tumor), end to end: the
-Transform's one-hot mask, a softmax model, liver and tumour Dice from the Evaluator, and
-predict.py's 0/1/2 label map in the input's grid."""
+"""The real tiny pipeline with three-class targets, end to end, its settings given as --set
+overrides (transform.classes=liver_tumor, model.variant=ds): the Transform's one-hot mask, a
+deep-supervised softmax model, liver and tumour Dice from the Evaluator, predict.py's 0/1/2
+label map in the input's grid, and the settings saved with the run and the model."""
 from __future__ import annotations
 
 import glob
@@ -17,13 +18,13 @@ from pipeline.summary import collect_run_summary, format_run_summary
 from preprocessing import features as F
 
 pytestmark = pytest.mark.pipeline
+OVERRIDES = ["--set", "transform.classes=liver_tumor", "--set", "model.variant=ds"]
 
 
 @pytest.fixture(scope="module")
 def multiclass_run(tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("pipeline_liver_tumor"))
-    assert local_runner.main(["--profile", "tiny", "--classes", "liver_tumor",
-                              "--output_dir", output_dir]) == 0
+    assert local_runner.main(["--profile", "tiny", "--output_dir", output_dir, *OVERRIDES]) == 0
     summary = collect_run_summary(os.path.join(output_dir, "metadata.sqlite"))
     assert summary is not None
     return output_dir, summary
@@ -75,3 +76,29 @@ def test_predict_writes_a_label_map_in_the_input_grid(multiclass_run, tmp_path, 
     assert dice_numpy(written > 0, truth_of_volume_3(output_dir) > 0) >= 0.7   # liver
     printed = capsys.readouterr().out
     assert "Liver Dice" in printed and "Tumour Dice" in printed
+
+
+def test_the_trainer_saw_the_overrides_and_the_run_saved_them(multiclass_run, tmp_path):
+    """The exported model has the ds variant's side heads, the settings saved with the model and
+    under the pipeline root say what was set, and the saved file replays the run's settings."""
+    import yaml
+
+    from schema.contract import MODEL_SETTINGS_FILE, SETTINGS_FILE
+    output_dir, summary = multiclass_run
+    model = tf.saved_model.load(summary["pushed_to"])
+    names = {v.name for v in model.variables}
+    assert any("head5" in n for n in names), sorted(names)[:20]   # a deep-supervision head
+    with open(os.path.join(summary["pushed_to"], MODEL_SETTINGS_FILE)) as f:
+        saved = yaml.safe_load(f)
+    assert saved["model"]["variant"] == "ds" and saved["transform"]["classes"] == "liver_tumor"
+    assert "evaluation" not in saved          # not a setting of the model
+    run_file = os.path.join(output_dir, "pipeline", SETTINGS_FILE)
+    replayed = local_runner.config_from_args(local_runner.parse_args(["--config", run_file]))
+    original = local_runner.config_from_args(local_runner.parse_args(
+        ["--profile", "tiny", "--output_dir", output_dir, *OVERRIDES]))
+    assert replayed == original
+    volume_eval = artifact_uris(output_dir, "VolumeEvaluator", "evaluation")[-1]
+    with open(os.path.join(volume_eval, SETTINGS_FILE)) as f:
+        assert yaml.safe_load(f)["model"]["variant"] == "ds"
+    with open(os.path.join(volume_eval, "eval_report.html")) as f:
+        assert "variant: ds" in f.read()

@@ -14,14 +14,15 @@ C being the mask channels of the Transform (TransformConfig.classes):
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from common import storage
 from preprocessing import features as F
-from schema.contract import (MODEL_SLICE_CONFIG_FILE, PROBABILITIES, SIGNATURE_RAW,
-                             SIGNATURE_SLICES, SIGNATURE_TRANSFORMED)
+from schema.contract import (MODEL_SETTINGS_FILE, MODEL_SLICE_CONFIG_FILE, PROBABILITIES,
+                             SIGNATURE_RAW, SIGNATURE_SLICES, SIGNATURE_TRANSFORMED)
 
 
 class SegmentationServingModule(tf.Module):
@@ -58,7 +59,10 @@ class SegmentationServingModule(tf.Module):
 
 
 def export_serving_model(model, tf_transform_output: tft.TFTransformOutput,
-                         export_dir: str, slice_config: dict) -> str:
+                         export_dir: str, slice_config: dict,
+                         settings_yaml: Optional[str] = None) -> str:
+    """The SavedModel with its signatures, the slice config predict.py reads and (given) the
+    settings that produced the model (assets.extra/settings.yaml)."""
     module = SegmentationServingModule(model, tf_transform_output)
     signatures = {
         SIGNATURE_RAW: module.serve_raw.get_concrete_function(),
@@ -69,6 +73,8 @@ def export_serving_model(model, tf_transform_output: tft.TFTransformOutput,
     storage.ensure_filesystem(export_dir)
     tf.saved_model.save(module, export_dir, signatures=signatures)
     write_slice_config(export_dir, slice_config)
+    if settings_yaml:
+        storage.write_text(storage.join(export_dir, MODEL_SETTINGS_FILE), settings_yaml)
     return export_dir
 
 

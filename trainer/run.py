@@ -1,8 +1,10 @@
 """The Trainer's run_fn: device choice -> inputs -> UNet 3+ -> fit -> export.
 
-custom_config (built by pipeline/pipeline.py from configs.py): "model" (ModelConfig fields),
-"train" (TrainConfig fields), "image_shape" [H, W, K], "slice" (SliceConfig fields, exported
-with the model for predict.py).
+custom_config (pipeline/component_configs.py): "model" (ModelConfig fields), "train" (TrainConfig
+fields but the step counts, which come as fn_args.train_steps / eval_steps), "image_shape"
+[H, W, K], "slice" (SliceConfig fields, exported with the model for predict.py) and
+"settings_yaml" (the run's settings that produced the model: a record, exported beside it as
+assets.extra/settings.yaml, never read here).
 
 Several workers (TF_CONFIG naming more than one chief/worker task, as a Kubeflow TFJob or Vertex
 AI sets it): every worker runs run_fn with the same fn_args; they train together under
@@ -213,7 +215,8 @@ def _train_and_export(fn_args, cfg: dict, model_cfg: ModelConfig, train_cfg: Tra
         logging.info("Exporting the best epoch, %d (validation Dice %.4f)",
                      best.best_epoch + 1, best.best)
     # Every worker exports (saving may run collective ops); only the chief's copy is kept.
-    export_serving_model(model, tf_transform_output, dirs.serving_model_dir, cfg["slice"])
+    export_serving_model(model, tf_transform_output, dirs.serving_model_dir, cfg["slice"],
+                         cfg.get("settings_yaml"))
     logging.info("Exported to %s", dirs.serving_model_dir)
 
 

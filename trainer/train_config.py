@@ -20,13 +20,13 @@ STEPS_FROM_TRAIN_ARGS = ("train_steps", "eval_steps")
 
 @dataclasses.dataclass
 class TrainConfig:
-    train_steps: int = 2000
-    eval_steps: int = 50
-    batch_size: int = 8
-    learning_rate: float = 1e-3
+    train_steps: int = 2000         # optimizer steps in all
+    eval_steps: int = 50            # validation batches at each validation
+    batch_size: int = 8             # images per step, over all replicas
+    learning_rate: float = 1e-3     # the peak (after warm-up) learning rate
     optimizer: str = "adam"         # one of OPTIMIZERS
     lr_schedule: str = "cosine"     # one of LR_SCHEDULES (cosine and poly warm up first)
-    warmup_steps: int = 50
+    warmup_steps: int = 50          # linear warm-up steps (cosine and poly schedules)
     weight_decay: float = 1e-4      # adamw only
     early_stopping_patience: int = 0   # epochs without a better validation Dice; 0 = off
     precision: str = "auto"     # one of PRECISIONS (auto: trainer/precision.py measures)

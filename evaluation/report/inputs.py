@@ -12,7 +12,7 @@ import numpy as np
 
 from common import storage
 from evaluation.evaluation_config import EvalConfig
-from schema.contract import VOLUME_METRICS_FILE, WORST_SLICES_FILE
+from schema.contract import SETTINGS_FILE, VOLUME_METRICS_FILE, WORST_SLICES_FILE
 
 # The files TFX's Evaluator writes into a ModelBlessing artifact.
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
@@ -41,6 +41,7 @@ class VolumeEval:
     seconds_per_volume: Optional[float]
     worst: Dict[str, WorstSlices]
     errors: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    settings_yaml: Optional[str] = None   # the run's settings.yaml, when the folder holds one
 
     @property
     def has_baseline(self) -> bool:
@@ -59,6 +60,7 @@ def read_volume_eval(folder: str) -> VolumeEval:
     metrics = json.loads(storage.read_text(storage.join(folder, VOLUME_METRICS_FILE)))
     worst_path = storage.join(folder, WORST_SLICES_FILE)
     worst = read_worst_slices(worst_path) if storage.exists(worst_path) else {}
+    settings_path = storage.join(folder, SETTINGS_FILE)
     return VolumeEval(
         model_uri=(metrics.get("model") or {}).get("uri", ""),
         baseline_uri=(metrics.get("baseline") or {}).get("uri"),
@@ -66,7 +68,8 @@ def read_volume_eval(folder: str) -> VolumeEval:
         cases=list(metrics.get("cases") or []),
         global_dice=metrics.get("global") or {},
         seconds_per_volume=metrics.get("seconds_per_volume"),
-        worst=worst, errors=list(metrics.get("errors") or []))
+        worst=worst, errors=list(metrics.get("errors") or []),
+        settings_yaml=storage.read_text(settings_path) if storage.exists(settings_path) else None)
 
 
 def read_worst_slices(path: str) -> Dict[str, WorstSlices]:

@@ -43,7 +43,7 @@ pre { background: #f6f6f6; padding: .6em; white-space: pre-wrap; word-break: bre
 def render_page(data: ReportData) -> str:
     body = "".join([header(data), sections.volume_tables(data), sections.plot_section(data),
                     sections.tfma_section(data), sections.worst_slices_section(data),
-                    sections.command_section(data)])
+                    sections.settings_section(data), sections.command_section(data)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<title>Evaluation report</title>"

@@ -120,6 +120,17 @@ def worst_slices_section(data: ReportData) -> str:
     return "".join(parts) + "</section>"
 
 
+def settings_section(data: ReportData) -> str:
+    """The run's effective settings (settings.yaml), folded: replayable with
+    `local_runner.py --config settings.yaml`."""
+    text = data.volume_eval.settings_yaml
+    if not text:
+        return ""
+    return ("<section><h2>Settings</h2><details><summary>The run's effective settings "
+            "(settings.yaml; <code>local_runner.py --config settings.yaml</code> runs them "
+            f"again)</summary><pre id=\"settings\">{escape(text)}</pre></details></section>")
+
+
 def command_section(data: ReportData) -> str:
     return ("<section><h2>Reproduce</h2><p>From the repository root (paths may be gs:// or "
             f"s3:// URIs):</p><pre id=\"command\">{escape(data.command)}</pre></section>")

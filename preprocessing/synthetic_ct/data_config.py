@@ -7,11 +7,11 @@ import dataclasses
 
 @dataclasses.dataclass
 class SyntheticDataConfig:
-    num_cases: int = 12
+    num_cases: int = 12        # volumes in the set (ignored with a data root)
     size: int = 128            # in-plane voxels
-    seed: int = 0
-    min_slices: int = 24
-    max_slices: int = 56
+    seed: int = 0              # the set's random seed: the same seed, the same volumes
+    min_slices: int = 24       # slices per volume, drawn in [min_slices, max_slices]
+    max_slices: int = 56       # see min_slices
 
     @property
     def folder_name(self) -> str:
