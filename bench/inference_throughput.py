@@ -39,6 +39,8 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 
 from common import storage  # noqa: E402
+from pipeline.configs import PROFILES  # noqa: E402
+from pipeline.settings_flags import add_settings_flags  # noqa: E402
 
 
 def host_facts() -> str:
@@ -122,11 +124,12 @@ def export_untrained(config, graph_dir: str, export_dir: str, precision: str) ->
     return export_dir
 
 
-def build_model(profile: str, train_data: str, work: str, precision: str):
-    """(profile config, exported model dir, transform graph dir, transformed examples dir)."""
+def build_model(profile: str, args, train_data: str, work: str, precision: str):
+    """(the profile's settings with args' --config files and --set overrides, exported model dir,
+    transform graph dir, transformed examples dir)."""
     from pipeline.component_configs import transform_custom_config
-    from pipeline.configs import profile_config
-    config = profile_config(profile)
+    from pipeline.configs import make_config
+    config = make_config(profile, config_files=args.config, overrides=args.overrides)
     slices = config.example_gen.slices
     custom = transform_custom_config(config)
     start = time.perf_counter()
@@ -229,7 +232,7 @@ def make_data(work: str, args) -> Dict[str, str]:
 
 
 def paper_serving(args, folders, work: str) -> None:
-    config, model_dir, _, _ = build_model("paper", folders["train"],
+    config, model_dir, _, _ = build_model("paper", args, folders["train"],
                                           os.path.join(work, "paper"), args.precision)
     requests = predict_requests(os.path.join(folders["volumes"], "volume-0.nii.gz"),
                                 config.example_gen.slices, args.paper_batch)
@@ -241,7 +244,8 @@ def paper_serving(args, folders, work: str) -> None:
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="demo", help="slice size and widths (pipeline/configs)")
+    p.add_argument("--profile", default="demo", choices=PROFILES,
+                   help="slice size and widths (pipeline/configs.py); --set changes any of it")
     p.add_argument("--precision", default="fp32", choices=("fp32", "mixed_bfloat16"))
     p.add_argument("--batch", type=int, default=16, help="serving batch (predict.py's default)")
     p.add_argument("--serve_batches", type=int, default=20)
@@ -255,6 +259,7 @@ def parse_args():
     p.add_argument("--paper_batch", type=int, default=16)
     p.add_argument("--paper_batches", type=int, default=2)
     p.add_argument("--work", help="working folder (default: a new temp dir)")
+    add_settings_flags(p, shortcuts=(), from_env=False, print_config=False)
     return p.parse_args()
 
 
@@ -264,7 +269,7 @@ def main() -> int:
     work = args.work or tempfile.mkdtemp(prefix="inference_bench_")
     folders = make_data(work, args)
     config, model_dir, graph_dir, examples_dir = build_model(
-        args.profile, folders["train"], os.path.join(work, args.profile), args.precision)
+        args.profile, args, folders["train"], os.path.join(work, args.profile), args.precision)
     slices = config.example_gen.slices
     requests = predict_requests(os.path.join(folders["volumes"], "volume-0.nii.gz"), slices,
                                 args.batch)

@@ -28,6 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 # The choice lists only: plain modules (no Keras or TensorFlow in this parent process).
 from models.model_config import VARIANTS  # noqa: E402
+from pipeline.settings_checks import SettingsError  # noqa: E402
+from pipeline.settings_flags import add_settings_flags  # noqa: E402
 from trainer.train_config import INPUTS  # noqa: E402
 
 WIDTHS = {"paper": ((64, 128, 256, 512, 1024), 64), "demo": ((16, 32, 64, 128, 256), 16),
@@ -43,13 +45,10 @@ def measure(args) -> dict:
     from trainer.device import resolve_device_settings
     from trainer.run import build_and_compile
 
-    filters, skip = WIDTHS[args.widths]
-    device = resolve_device_settings(args.precision, args.xla, filters=filters,
-                                     skip_filters=skip)
+    model_cfg = model_settings(args)
+    device = resolve_device_settings(args.precision, args.xla, filters=model_cfg.filters,
+                                     skip_filters=model_cfg.skip_filters)
     device.apply()
-    model_cfg = {"filters": filters, "skip_filters": skip, "variant": args.variant,
-                 "encoder": "unet3plus", "loss": args.loss, "loss_weights": {},
-                 "deep_supervision_weight": 1.0, "cgm_weight": 1.0}
     train_cfg = {"learning_rate": 1e-3, "optimizer": "adam", "lr_schedule": "constant",
                  "warmup_steps": 0, "weight_decay": 0.0}
     num_classes = 1
@@ -91,6 +90,19 @@ def measure(args) -> dict:
             "matmul_gflops_per_s": matmul_rate(device.policy) / 1e9}
 
 
+def model_settings(args):
+    """The ModelConfig measured: the paper profile's, the --config files and --set overrides
+    (any model.* key, e.g. --set model.encoder=vgg19), then this bench's own --widths, --variant
+    and --loss; checked like a pipeline run's settings."""
+    from pipeline.configs import make_config
+    filters, skip = WIDTHS[args.widths]
+    fixed = [("model.filters", filters), ("model.skip_filters", skip),
+             ("model.variant", args.variant), ("model.loss", args.loss),
+             ("example_gen.slices.size", (args.size, args.size))]
+    return make_config("paper", config_files=args.config,
+                       overrides=[*args.overrides, *fixed]).model
+
+
 def matmul_rate(policy: str, n: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of an n x n matmul in the policy's compute dtype: best of `repeats`."""
     import tensorflow as tf
@@ -127,16 +139,22 @@ def main() -> int:
     p.add_argument("--examples", help="Transform's transformed_examples/<id> dir (tfdata, dali)")
     p.add_argument("--transform_graph", help="Transform's transform_graph/<id> dir (tfdata, dali)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_settings_flags(p, shortcuts=(), from_env=False, print_config=False)
     args = p.parse_args()
+    try:
+        model_settings(args)   # a setting that cannot work fails here, before any child starts
+    except SettingsError as e:
+        print(f"train_throughput.py: error: {e}", file=sys.stderr)
+        return 2
     if args.child:
         print("RESULT " + json.dumps(measure(args)))
         return 0
     results = {}
     for label, precision, xla in (("chosen", args.precision, args.xla),
                                   ("fp32 baseline", "fp32", "off")):
-        settings = dict(vars(args), precision=precision, xla=xla)
-        cmd = [sys.executable, __file__, "--child"] + [
-            f"--{k}={v}" for k, v in settings.items() if k != "child" and v is not None]
+        # The same flags, this setting's precision and XLA last (argparse keeps the last).
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--precision", precision, "--xla", xla,
+               "--child"]
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
         if out.returncode != 0 or not lines:

@@ -68,9 +68,9 @@ def _flag_type(key: str):
 
 
 def add_settings_flags(p: argparse.ArgumentParser, shortcuts=tuple(SHORTCUTS),
-                       from_env: bool = True) -> None:
-    """--config, --set, --print_config and the given shortcut flags (defaults from UNET3P_*
-    when `from_env`)."""
+                       from_env: bool = True, print_config: bool = True) -> None:
+    """--config, --set, (with `print_config`) --print_config and the given shortcut flags
+    (defaults from UNET3P_* when `from_env`). The benches take --config and --set alone."""
     env = os.environ.get if from_env else (lambda name, default=None: default)
     g = p.add_argument_group("settings (docs/settings_reference.md lists every key)")
     g.add_argument("--config", action="append", metavar="FILE.yaml",
@@ -81,8 +81,9 @@ def add_settings_flags(p: argparse.ArgumentParser, shortcuts=tuple(SHORTCUTS),
                    default=_env_list("UNET3P_SET", "\n;") if from_env else [],
                    help="one setting (repeatable), e.g. --set model.variant=ds_cgm "
                         "--set model.filters=[32,64,128,256,512]")
-    g.add_argument("--print_config", action="store_true",
-                   help="print the effective settings as YAML and exit")
+    if print_config:
+        g.add_argument("--print_config", action="store_true",
+                       help="print the effective settings as YAML and exit")
     for flag in shortcuts:
         key, text = SHORTCUTS[flag]
         choices = configs.CHOICES.get(key)

@@ -122,11 +122,15 @@ def _source(cls) -> str:
     return os.path.relpath(inspect.getsourcefile(cls), REPO)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--write", action="store_true", help=f"write {REFERENCE_PATH}")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     text = render()
     if args.write:
         storage.write_text(REFERENCE_PATH, text)
