@@ -16,14 +16,12 @@ Flink, Spark or portable runner gets the image as its workers' environment unles
 from __future__ import annotations
 
 import argparse
-import sys
 
 from common.process_exit import exit_process
 from pipeline import configs
 from pipeline import kubeflow_target as kt
-from pipeline.overrides import to_yaml
-from pipeline.settings_checks import SettingsError
-from pipeline.settings_flags import SHORTCUTS, add_settings_flags, config_from_args
+from pipeline.settings_flags import (SHORTCUTS, add_settings_flags, config_from_args,
+                                     settings_or_exit)
 
 # The shortcut flags that mean something on a cluster (the paths are this runner's own flags).
 KFP_SHORTCUTS = tuple(f for f in SHORTCUTS if f not in (
@@ -31,7 +29,6 @@ KFP_SHORTCUTS = tuple(f for f in SHORTCUTS if f not in (
 # Components whose containers --beam_cpu/--beam_memory size. Not NiftiExampleGen: TFX's
 # ExampleGen builder drops platform config (tfx issue 6146).
 BEAM_COMPONENTS = ("StatisticsGen", "Transform", "Evaluator")
-EXIT_BAD_SETTINGS = 2   # as argparse's own errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -135,14 +132,10 @@ def compile_pipeline(args: argparse.Namespace, config: configs.PipelineConfig) -
 def main(argv=None) -> int:
     args = parse_args(argv)
     beam_args, note = kt.with_worker_packaging(args.beam_arg, args.image)
-    try:
-        config = settings(args, beam_args)
-    except SettingsError as e:
-        print(f"kubeflow_runner.py: error: {e}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
-    if args.print_config:
-        print(to_yaml(config), end="")
-        return 0
+    config, status = settings_or_exit("kubeflow_runner.py", args,
+                                      lambda: settings(args, beam_args))
+    if config is None:
+        return status
     if note:
         print(note)
     document = compile_pipeline(args, config)

@@ -12,20 +12,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 
 from common import storage
 from common.process_exit import exit_process
 from pipeline import configs
 from pipeline.overrides import to_yaml
-from pipeline.settings_checks import SettingsError
 from pipeline.settings_flags import add_settings_flags
 from pipeline.settings_flags import config_from_args as config_from_settings_args
+from pipeline.settings_flags import settings_or_exit
 from schema.contract import EVAL_REPORT_FILE, SETTINGS_FILE
 
 DEFAULT_OUTPUT_DIR = "outputs"
-EXIT_BAD_SETTINGS = 2   # as argparse's own errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,14 +82,10 @@ def ensure_input_data(config: configs.PipelineConfig) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        config = config_from_args(args)   # a setting that cannot work starts nothing
-    except SettingsError as e:
-        print(f"local_runner.py: error: {e}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
-    if args.print_config:
-        print(to_yaml(config), end="")
-        return 0
+    # A setting that cannot work starts nothing.
+    config, status = settings_or_exit("local_runner.py", args, lambda: config_from_args(args))
+    if config is None:
+        return status
     from common.logs import console_logger
     from pipeline.console import setup_run_logging
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import typing
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pipeline import configs
-from pipeline.overrides import field_type
+from pipeline.overrides import field_type, to_yaml
+from pipeline.settings_checks import SettingsError
 
 # Shortcut flag -> (the key it sets, help). The flag's type and choices are the key's.
 SHORTCUTS: Dict[str, Tuple[str, str]] = {
@@ -113,3 +115,21 @@ def config_from_args(args: argparse.Namespace, fixed: Sequence[Tuple[str, Any]] 
     return configs.make_config(
         profile=args.profile, config_files=args.config,
         overrides=[*fixed, *shortcut_overrides(args), *args.overrides], **make_config_args)
+
+
+EXIT_BAD_SETTINGS = 2   # as argparse's own errors
+
+
+def settings_or_exit(prog: str, args: argparse.Namespace, build: Callable[[], Any]
+                     ) -> Tuple[Optional[Any], Optional[int]]:
+    """(the settings `build()` returns, None) to go on; (None, exit status) when they were
+    refused (one error line on stderr, status 2) or only printed (--print_config, status 0)."""
+    try:
+        config = build()
+    except SettingsError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return None, EXIT_BAD_SETTINGS
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return None, 0
+    return config, None
