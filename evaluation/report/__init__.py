@@ -1,5 +1,5 @@
-"""eval_report.html: a self-contained Dice dashboard for one evaluated model (the README's
-"The evaluation report").
+"""eval_report.html: a self-contained Dice dashboard for one evaluated model
+(docs/evaluation_report.md).
 
     write_report(volume_eval_dir, "eval_report.html", evaluation_uri=..., blessing_uri=...)
 
