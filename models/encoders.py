@@ -41,7 +41,7 @@ import keras
 from keras import layers
 
 from models.blocks import BN_MOMENTUM, encoder_block
-from models.model_config import ENCODERS
+from models.model_config import check_encoder
 
 # keras.applications layer names of the feature maps at scales 1 .. 1/16 (None: built here).
 _APP_FEATURES = {
@@ -55,17 +55,6 @@ _APP_BUILDERS = {
     "resnet50": lambda: keras.applications.ResNet50,
 }
 RESNET_STEM_FILTERS = 64
-
-
-def encoder_depth(encoder: str, filters: Sequence[int]) -> int:
-    """Number of encoder scales: len(filters) for ``unet3plus``, 5 for the others."""
-    check_encoder(encoder)
-    return len(tuple(filters)) if encoder == "unet3plus" else 5
-
-
-def check_encoder(encoder: str) -> None:
-    if encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {encoder!r}; expected one of {ENCODERS}")
 
 
 def unet3plus_encoder(inputs, filters: Sequence[int] = (64, 128, 256, 512, 1024),

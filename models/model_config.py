@@ -3,7 +3,7 @@ back by the Trainer from its custom_config."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 from schema.settings import settings_from_dict
 
@@ -23,6 +23,18 @@ LOSS_PARAMETERS = {
     "ms_ssim": ("filter_size", "filter_sigma"), "bce_dice": ("w_bce", "w_dice"),
 }
 LOSSES = tuple(LOSS_PARAMETERS)
+
+
+def check_encoder(encoder: str) -> None:
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; expected one of {ENCODERS}")
+
+
+def encoder_depth(encoder: str, filters: Sequence[int]) -> int:
+    """Number of encoder scales: len(filters) for ``unet3plus``, 5 for the keras.applications
+    encoders (their widths are fixed). The model pools depth - 1 times."""
+    check_encoder(encoder)
+    return len(tuple(filters)) if encoder == "unet3plus" else 5
 
 
 def check_variant(variant: str) -> None:

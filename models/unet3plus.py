@@ -37,8 +37,8 @@ import keras
 from keras import layers
 
 from models.blocks import BN_MOMENTUM, ClassificationGate, conv_bn_relu, resample
-from models.encoders import build_encoder, check_encoder, encoder_depth
-from models.model_config import DEEP_SUPERVISED, check_variant
+from models.encoders import build_encoder
+from models.model_config import DEEP_SUPERVISED, check_encoder, check_variant, encoder_depth
 
 
 def model_output_names(variant: str = "base", depth: int = 5) -> list[str]:

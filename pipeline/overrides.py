@@ -22,7 +22,7 @@ from omegaconf import errors as oc_errors
 
 from common import storage
 from pipeline.configs import PipelineConfig
-from pipeline.settings_checks import SettingsError, choice_problems
+from pipeline.settings_checks import SettingsError, choice_problems, setting_value
 
 # An override: "key=value" (the value read as YAML, as on a command line), or (key, typed value).
 Override = Union[str, Tuple[str, Any]]
@@ -126,9 +126,11 @@ def _merge(base, data: Dict[str, Any], where: str, key: str = "", given: Any = N
 
 
 def _select(data: Dict[str, Any], key: str) -> Any:
-    for part in key.split(".") if key else ():
-        data = data.get(part) if isinstance(data, dict) else None
-    return data
+    """The value an override or file gave for `key`; None where it gave none."""
+    try:
+        return setting_value(data, key) if key else None
+    except (KeyError, AttributeError):
+        return None
 
 
 def _type_name(hint: Any) -> str:

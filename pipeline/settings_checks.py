@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from models.model_config import LOSS_PARAMETERS
+from models.model_config import LOSS_PARAMETERS, encoder_depth
 from pipeline.configs import CHOICES, PipelineConfig
 
 
@@ -14,7 +14,8 @@ class SettingsError(ValueError):
     (and, read from a file, the file)."""
 
 
-def _get(config: Any, key: str) -> Any:
+def setting_value(config: Any, key: str) -> Any:
+    """The value at a dotted key of a PipelineConfig or of its plain-dict form."""
     for part in key.split("."):
         config = config[part] if isinstance(config, dict) else getattr(config, part)
     return config
@@ -22,8 +23,8 @@ def _get(config: Any, key: str) -> Any:
 
 def choice_problems(config: Any) -> List[str]:
     """Values outside CHOICES; `config` a PipelineConfig or its plain-dict form."""
-    return [f"{key}={_get(config, key)!r}: choose one of {', '.join(allowed)}"
-            for key, allowed in CHOICES.items() if _get(config, key) not in allowed]
+    return [f"{key}={setting_value(config, key)!r}: choose one of {', '.join(allowed)}"
+            for key, allowed in CHOICES.items() if setting_value(config, key) not in allowed]
 
 
 # Key -> (lowest, highest, what it must be); None: unbounded on that side. A positive-only
@@ -49,14 +50,14 @@ _RANGES: Dict[str, tuple] = {
 def range_problems(config: PipelineConfig) -> List[str]:
     problems = []
     for key, (low, high, what) in _RANGES.items():
-        value = _get(config, key)
+        value = setting_value(config, key)
         if (low is not None and value < low) or (high is not None and value > high):
             problems.append(f"{key}={value!r}: must be {what}")
     if config.train.learning_rate <= 0:
         problems.append(f"train.learning_rate={config.train.learning_rate!r}: must be above 0")
     for key in ("example_gen.slices.window", "train.augment.scale_range",
                 "train.augment.contrast_range"):
-        low, high = _get(config, key)
+        low, high = setting_value(config, key)
         if low >= high:
             problems.append(f"{key}={[low, high]}: the first value must be below the second")
     size = config.example_gen.slices.size
@@ -68,22 +69,17 @@ def range_problems(config: PipelineConfig) -> List[str]:
     return problems
 
 
-def encoder_depth(model) -> int:
-    """Encoder scales of the model: len(filters) for the paper's encoder, 5 for the
-    keras.applications ones (models/encoders.py, whose widths are fixed)."""
-    return len(model.filters) if model.encoder == "unet3plus" else 5
-
-
 def combination_problems(config: PipelineConfig) -> List[str]:
     """Settings that are each fine but cannot work together."""
     problems = []
     model, size = config.model, config.example_gen.slices.size
-    step = 2 ** (encoder_depth(model) - 1)
+    depth = encoder_depth(model.encoder, model.filters)
+    step = 2 ** (depth - 1)
     if any(side % step for side in size):
         problems.append(
             f"example_gen.slices.size={list(size)} with model.encoder={model.encoder!r} and "
-            f"{encoder_depth(model)} encoder scales (model.filters): each side must be a "
-            f"multiple of {step}, the model pools {encoder_depth(model) - 1} times")
+            f"{depth} encoder scales (model.filters): each side must be a multiple of {step}, "
+            f"the model pools {depth - 1} times")
     allowed = LOSS_PARAMETERS.get(model.loss, ())
     unknown = sorted(set(model.loss_weights) - set(allowed))
     if unknown:

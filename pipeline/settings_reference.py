@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 from common import storage
 from pipeline import configs
 from pipeline.overrides import field_type, setting_keys, to_plain
+from pipeline.settings_checks import setting_value
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_PATH = os.path.join(REPO, "docs", "settings_reference.md")
@@ -71,12 +72,6 @@ def meaning(key: str) -> str:
     return f"{text}; {spelled}" if text else spelled
 
 
-def _value(settings: dict, key: str):
-    for part in key.split("."):
-        settings = settings[part]
-    return settings
-
-
 def _cell(value) -> str:
     text = "null" if value is None else str(value).replace("'", "")
     if isinstance(value, bool):
@@ -113,7 +108,7 @@ def render() -> str:
                     f"Defined in `{_source(cls)}` ({cls.__name__}).", "",
                     "| key | type | " + " | ".join(configs.PROFILES) + " | meaning |",
                     "|---|---|" + "---|" * len(configs.PROFILES) + "---|"]
-        defaults = " | ".join(_cell(_value(profiles[p], key)) for p in configs.PROFILES)
+        defaults = " | ".join(_cell(setting_value(profiles[p], key)) for p in configs.PROFILES)
         out.append(f"| `{key}` | {_type_name(key)} | {defaults} | {meaning(key)} |")
     return "\n".join(out) + "\n"
 
