@@ -14,6 +14,7 @@ import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from common import storage
+from components.kfp_executor_input import outputs_flag
 from preprocessing.conversion_settings import beam_flag_values, beam_runner
 
 KFP, VERTEX = "kfp", "vertex"
@@ -43,28 +44,42 @@ def runner_config_kwargs(target: str) -> Dict[str, object]:
     return {"use_pipeline_spec_2_1": target == KFP}
 
 
-# Every task command goes through this module, which ends the process with the task's own exit
-# status where tensorflow-io's s3:// support would abort it at exit (common/process_exit.py).
+# Every task command goes through this module, which makes what open-source KFP sends readable by
+# TFX (components/kfp_executor_input.py) and ends the process with the task's own exit status
+# where tensorflow-io's s3:// support would abort it at exit (common/process_exit.py).
 TASK_ENTRYPOINT = "components.task_entrypoint"
 
 
-def _through_task_entrypoint(command: List[str]) -> List[str]:
-    """["python", "-m", M] -> ["python", "-m", TASK_ENTRYPOINT, M]; other commands unchanged."""
+def _through_task_entrypoint(command: List[str], output_keys: Optional[List[str]]) -> List[str]:
+    """["python", "-m", M] -> ["python", "-m", TASK_ENTRYPOINT, "--outputs=K,...", M] (no
+    --outputs where the component is unknown: then every output is kept); other commands
+    unchanged."""
     if len(command) == 3 and command[1] == "-m" and command[2] != TASK_ENTRYPOINT:
-        return [command[0], "-m", TASK_ENTRYPOINT, command[2]]
+        declared = [outputs_flag(output_keys)] if output_keys is not None else []
+        return [command[0], "-m", TASK_ENTRYPOINT, *declared, command[2]]
     return command
 
 
+def _output_keys_by_executor(pipeline_spec: dict) -> Dict[str, List[str]]:
+    """{executor label: the output artifact keys its component declares}."""
+    return {component["executorLabel"]: sorted(component.get("outputDefinitions", {})
+                                               .get("artifacts", {}))
+            for component in pipeline_spec.get("components", {}).values()
+            if "executorLabel" in component}
+
+
 def route_tasks_through_entrypoint(pipeline_spec: dict) -> None:
-    """Puts TASK_ENTRYPOINT in front of every container command of the spec (executors and their
-    preCacheCheck hooks), in place."""
-    for executor in pipeline_spec.get("deploymentSpec", {}).get("executors", {}).values():
+    """Puts TASK_ENTRYPOINT, with the component's output keys, in front of every container
+    command of the spec (executors and their preCacheCheck hooks), in place."""
+    output_keys = _output_keys_by_executor(pipeline_spec)
+    for label, executor in pipeline_spec.get("deploymentSpec", {}).get("executors", {}).items():
         container = executor.get("container")
         if not container:
             continue
         for hook in [container] + list(container.get("lifecycle", {}).values()):
             if hook.get("command"):
-                hook["command"] = _through_task_entrypoint(list(hook["command"]))
+                hook["command"] = _through_task_entrypoint(list(hook["command"]),
+                                                           output_keys.get(label))
 
 
 def pipeline_document(job: dict, target: str, pipeline_root: str) -> dict:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with Python 3.10 and the pinned stack (requirements/lock.txt), then builds the DALI
 # TensorFlow plugin against the installed TensorFlow, then installs this project in editable mode.
-# Idempotent: a stamp records the lock file's hash, so a second call returns at once.
+# Idempotent: a stamp records the lock file's hash, so a second call returns at once. Then the kfp
+# SDK's own venv (scripts/setup_kfp_sdk.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,7 @@ STAMP="$VENV/.setup-stamp"
 want_stamp="$(cat "$LOCK" setup.py | sha256sum | cut -d' ' -f1) $DALI_PLUGIN"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]]; then
-  exit 0
+  exec bash scripts/setup_kfp_sdk.sh
 fi
 
 find_python310() {
@@ -55,3 +56,4 @@ echo "setup: building $DALI_PLUGIN against the installed TensorFlow"
 "$VENV/bin/python" -m pip check
 echo "$want_stamp" > "$STAMP"
 echo "setup: done ($VENV)"
+bash scripts/setup_kfp_sdk.sh

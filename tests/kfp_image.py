@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Top-level entries of the repository that are not the source (the wheel is built from a copy,
 # so the build writes nothing into the repository and no stale build/ folder leaks in).
-NOT_SOURCE = {".venv", ".git", "build", "dist", "outputs", "data", ".pytest_cache",
+NOT_SOURCE = {".venv", ".venv-kfp", ".git", "build", "dist", "outputs", "data", ".pytest_cache",
               "tfx_pipeline_output", "bench"}
 
 

@@ -1,14 +1,20 @@
 """Executes a compiled KFP v2 pipeline file (TFX's KubeflowV2DagRunner output) without a cluster.
 
 A test helper for our compiled file, not an orchestrator: every task's container command runs as
-a subprocess of a given Python (standing in for the image), in dependency order, fed the way the
-KFP / Vertex backends feed TFX's container entrypoint
-(tfx/orchestration/kubeflow/v2/container/kubeflow_v2_run_executor.py). No caching, no MLMD, no
-retries, one container per task; resolvers return nothing (what a first run gets).
+a subprocess of a given Python (standing in for the image), in dependency order, fed the way a
+backend feeds TFX's container entrypoint
+(tfx/orchestration/kubeflow/v2/container/kubeflow_v2_run_executor.py). No caching, no retries,
+one process per task. Two modes:
 
-    python tests/kfp_ir_harness.py compiled.json --python VENV/bin/python --root DIR
+  vertex  as Vertex AI feeds a task (below). Resolvers return nothing (a first run).
+  kfp     as open-source Kubeflow Pipelines 2.x does, read from its backend's source
+          (tests/kfp_backend.py): inputs without a type and named by their ML Metadata id, the
+          `executor-logs` output, uuid task folders and output_metadata.json, no lifecycle
+          hooks, the launcher's download of inputs and upload of outputs, a pod's environment.
 
-Per task:
+    python tests/kfp_ir_harness.py compiled.yaml --python VENV/bin/python --root DIR --mode kfp
+
+Per task, in the vertex mode:
   1. The ExecutorInput, put in place of the `{{$}}` placeholder: constant parameters (schema
      2.0: `inputs.parameters` from `constantValue`; 2.1: `inputs.parameterValues` from
      `constant`; the entrypoint reads one or the other depending on whether
@@ -24,109 +30,27 @@ Per task:
   4. executor_output.json gives each output artifact's uri and metadata (the Evaluator's
      `blessed`, the Pusher's `pushed`); it carries no types, so they are re-attached from the spec.
 Logs: <task root>/<step>.stdout / .stderr. A failing step raises TaskFailed with its stderr's tail.
+Shared with the kfp mode: tests/kfp_tasks.py (reading the file, running one command).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-PLACEHOLDER = "{{$}}"
-STDERR_TAIL_CHARS = 6000
+from kfp_backend import KfpBackend, run_root
+from kfp_tasks import (TaskFailed, TaskRun, artifact_types, component_and_executor,  # noqa: F401
+                       input_parameters, load_spec, run_step, tail, task_order,
+                       type_title)
+
 OUTPUT_FILE = "executor_output.json"
-
-
-class TaskFailed(AssertionError):
-    """A task's step exited non-zero or did not write what the backend expects."""
-
-
-@dataclasses.dataclass
-class TaskRun:
-    name: str
-    resolver: bool = False
-    steps: Dict[str, float] = dataclasses.field(default_factory=dict)   # step -> seconds
-    outputs: Dict[str, List[dict]] = dataclasses.field(default_factory=dict)
-
-    @property
-    def seconds(self) -> float:
-        return sum(self.steps.values())
-
-
-def load_spec(path) -> Tuple[dict, dict]:
-    """(PipelineSpec, runtimeConfig) of a Vertex PipelineJob wrapper or of a bare PipelineSpec."""
-    text = Path(path).read_text()
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
-        doc = yaml.safe_load(text)
-    else:
-        doc = json.loads(text)
-    if "pipelineSpec" in doc:
-        return doc["pipelineSpec"], doc.get("runtimeConfig", {})
-    return doc, {}
-
-
-def component_and_executor(spec: dict, task_name: str) -> Tuple[dict, dict]:
-    component = spec["components"][spec["root"]["dag"]["tasks"][task_name]["componentRef"]["name"]]
-    return component, spec["deploymentSpec"]["executors"][component["executorLabel"]]
-
-
-def upstream(task: dict) -> Set[str]:
-    """The tasks this one waits for: `dependentTasks` and the producers of its input artifacts."""
-    deps = set(task.get("dependentTasks", []))
-    for ref in task.get("inputs", {}).get("artifacts", {}).values():
-        if "taskOutputArtifact" in ref:
-            deps.add(ref["taskOutputArtifact"]["producerTask"])
-    return deps
-
-
-def task_order(tasks: Dict[str, dict]) -> List[str]:
-    """Task names in dependency order (ties by name, so runs repeat)."""
-    order: List[str] = []
-    pending = dict(tasks)
-    while pending:
-        ready = sorted(n for n, t in pending.items() if upstream(t) <= set(order))
-        if not ready:
-            waiting = {n: sorted(upstream(t) - set(order)) for n, t in pending.items()}
-            raise ValueError(f"tasks wait on a cycle or an unknown task: {waiting}")
-        order += ready
-        for name in ready:
-            del pending[name]
-    return order
-
-
-def artifact_types(component: dict, side: str) -> Dict[str, dict]:
-    """{key: artifactType} of a component's inputDefinitions or outputDefinitions."""
-    return {k: v["artifactType"]
-            for k, v in component.get(side, {}).get("artifacts", {}).items()}
-
-
-def type_title(artifact_type: dict) -> str:
-    if "schemaTitle" in artifact_type:
-        return artifact_type["schemaTitle"]
-    match = re.search(r"^title:\s*(\S+)", artifact_type.get("instanceSchema", ""), re.M)
-    return match.group(1) if match else ""
-
-
-def input_parameters(name: str, task: dict) -> Dict[str, dict]:
-    """`parameters` (schema 2.0, from constantValue) and `parameterValues` (2.1, from constant)."""
-    result: Dict[str, dict] = {}
-    for key, param in task.get("inputs", {}).get("parameters", {}).items():
-        value = param.get("runtimeValue", {})
-        if "constant" in value:
-            result.setdefault("parameterValues", {})[key] = value["constant"]
-        elif "constantValue" in value:
-            result.setdefault("parameters", {})[key] = value["constantValue"]
-        else:
-            raise NotImplementedError(f"{name}: parameter {key} is not a constant: {param}")
-    return result
+VERTEX, KFP = "vertex", "kfp"
+MODES = (VERTEX, KFP)
 
 
 def executor_input(name: str, task: dict, component: dict, runs: Dict[str, TaskRun],
@@ -156,45 +80,6 @@ def executor_input(name: str, task: dict, component: dict, runs: Dict[str, TaskR
     for key in component.get("outputDefinitions", {}).get("parameters", {}):
         outputs.setdefault("parameters", {})[key] = {"outputFile": str(task_root / "params" / key)}
     return {"inputs": inputs, "outputs": outputs}
-
-
-def task_env(python: str) -> Dict[str, str]:
-    """The environment of a container: no PYTHONPATH or user site, the image's python first."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
-                        "VIRTUAL_ENV")}
-    env["PYTHONNOUSERSITE"] = "1"
-    env["PATH"] = os.path.dirname(os.path.abspath(python)) + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
-    text = path.read_text(errors="replace") if path.exists() else "(no stderr file)"
-    return text[-chars:]
-
-
-def run_step(name: str, step: str, command: List[str], args: List[str], payload: dict,
-             python: str, task_root: Path) -> float:
-    """Runs one container command with the ExecutorInput in place of `{{$}}`; returns seconds."""
-    if not command:
-        raise NotImplementedError(f"{name} ({step}): no command (an image entrypoint is assumed)")
-    text = json.dumps(payload)
-    argv = [python if i == 0 and c in ("python", "python3") else c for i, c in enumerate(command)]
-    argv += [a.replace(PLACEHOLDER, text) for a in args]
-    left = [a for a in command + args if "{{$" in a and a != PLACEHOLDER]
-    if left:
-        raise NotImplementedError(f"{name} ({step}): placeholders other than {PLACEHOLDER}: {left}")
-    cwd = task_root / ".cwd"
-    cwd.mkdir(parents=True, exist_ok=True)
-    out, err = task_root / f"{step}.stdout", task_root / f"{step}.stderr"
-    start = time.perf_counter()
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        code = subprocess.call(argv, cwd=cwd, env=task_env(python), stdout=stdout, stderr=stderr)
-    seconds = time.perf_counter() - start
-    if code != 0:
-        raise TaskFailed(f"task {name!r}, step {step}, exited {code} after {seconds:.0f} s "
-                         f"(logs: {err}); stderr tail:\n{tail(err)}")
-    return seconds
 
 
 def read_output_file(name: str, step: str, output_file: Path) -> dict:
@@ -228,8 +113,20 @@ def read_outputs(name: str, payload: dict, output_file: Path) -> Dict[str, List[
     return outputs
 
 
+def host_env(python: str) -> Dict[str, str]:
+    """The Vertex mode's task environment: this process's, without PYTHONPATH or a user site,
+    the image's python first."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
+                        "VIRTUAL_ENV")}
+    env["PYTHONNOUSERSITE"] = "1"
+    env["PATH"] = os.path.dirname(os.path.abspath(python)) + os.pathsep + env.get("PATH", "")
+    return env
+
+
 def run_task(name: str, task: dict, component: dict, executor: dict, runs: Dict[str, TaskRun],
              task_root: Path, python: str, artifact_root: Optional[str] = None) -> TaskRun:
+    """One task as Vertex feeds it (the module docstring's steps)."""
     run = TaskRun(name)
     if "resolver" in executor:   # emulated: nothing resolved, as on a first run
         run.resolver = True
@@ -241,43 +138,80 @@ def run_task(name: str, task: dict, component: dict, executor: dict, runs: Dict[
     task_root.mkdir(parents=True)
     payload = executor_input(name, task, component, runs, task_root, artifact_root)
     output_file = Path(payload["outputs"]["outputFile"])
+    env, cwd = host_env(python), task_root / ".cwd"
     hook = container.get("lifecycle", {}).get("preCacheCheck")
     if hook:
         run.steps["preCacheCheck"] = run_step(name, "preCacheCheck", hook.get("command", []),
-                                              hook.get("args", []), payload, python, task_root)
+                                              hook.get("args", []), payload, python, task_root,
+                                              env, cwd)
         merge_driver_output(name, payload, output_file)
     run.steps["executor"] = run_step(name, "executor", container.get("command", []),
-                                     container.get("args", []), payload, python, task_root)
+                                     container.get("args", []), payload, python, task_root,
+                                     env, cwd)
     run.outputs = read_outputs(name, payload, output_file)
     return run
 
 
-def run_pipeline(compiled, python: str, root: Optional[str] = None, run_id: Optional[str] = None,
-                 log: Callable[[str], None] = print,
-                 local_root: Optional[str] = None) -> Dict[str, TaskRun]:
-    """Runs every task of a compiled file; returns {task: TaskRun} in the order run. Artifacts
-    land under <root>/<pipeline name>/<run id>/<task>/<output key>; root defaults to the file's
-    runtimeConfig.gcsOutputDirectory (Vertex) or defaultPipelineRoot. With a root in object
-    storage (s3://, gs://), what a launcher keeps on the pod's disk (executor_output.json,
-    logs, output parameters) goes under `local_root` (a new temp folder by default)."""
-    spec, runtime_config = load_spec(compiled)
+def _vertex_task_runner(spec: dict, runtime_config: dict, compiled, python: str,
+                        root: Optional[str], run_id: str, local_root: Optional[str]):
     root = root or runtime_config.get("gcsOutputDirectory") or spec.get("defaultPipelineRoot")
     if not root:
         raise ValueError(f"{compiled} names no pipeline root: give one")
-    run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S")
+    run_path = f"{spec['pipelineInfo']['name']}/{run_id}"
     if "://" in root:
-        run_path = f"{spec['pipelineInfo']['name']}/{run_id}"
         artifact_run_root: Optional[str] = f"{root.rstrip('/')}/{run_path}"
-        run_root = Path(local_root or tempfile.mkdtemp(prefix="kfp_harness_")) / run_path
+        run_dir = Path(local_root or tempfile.mkdtemp(prefix="kfp_harness_")) / run_path
     else:
-        artifact_run_root = None
-        run_root = Path(root) / spec["pipelineInfo"]["name"] / run_id
+        artifact_run_root, run_dir = None, Path(root) / run_path
+
+    def run(name, task, component, executor, runs):
+        return run_task(name, task, component, executor, runs, run_dir / name, python,
+                        f"{artifact_run_root}/{name}" if artifact_run_root else None)
+    return run
+
+
+def run_pipeline(compiled, python: str, root: Optional[str] = None, run_id: Optional[str] = None,
+                 log: Callable[[str], None] = print, local_root: Optional[str] = None,
+                 mode: str = VERTEX, **kfp_options) -> Dict[str, TaskRun]:
+    """Runs every task of a compiled file; returns {task: TaskRun} in the order run. On a
+    failing task, raises TaskFailed (the tasks run so far are in its `runs`).
+
+    vertex: artifacts under <root>/<pipeline name>/<run id>/<task>/<output key>; root defaults to
+      the file's runtimeConfig.gcsOutputDirectory or defaultPipelineRoot. With a root in object
+      storage (s3://, gs://), what a launcher keeps on the pod's disk (executor_output.json,
+      logs) goes under `local_root` (a new temp folder by default).
+    kfp: as open-source KFP 2.x runs it (tests/kfp_backend.py): `root` is the run's pipeline
+      root (None: the kfp-launcher config's, else KFP's minio:// default); each task's pod disk
+      is a folder under `local_root`; kfp_options are KfpBackend's publish_logs,
+      launcher_config (the kfp-launcher ConfigMap's data), secrets ({name: {key: value}}) and
+      env (variables every pod gets, e.g. credentials). A local root stands for a volume
+      mounted at the same path in every pod.
+    """
+    spec, runtime_config = load_spec(compiled)
+    run_id = run_id or time.strftime("run-%Y%m%d-%H%M%S")
+    if mode == KFP:
+        backend = KfpBackend(
+            python, spec["pipelineInfo"]["name"],
+            run_root(root, kfp_options.get("launcher_config"), spec["pipelineInfo"]["name"],
+                     run_id),
+            Path(local_root or tempfile.mkdtemp(prefix="kfp_pods_")) / run_id, **kfp_options)
+        run_one = backend.run_task
+    elif mode == VERTEX and not kfp_options:
+        run_one = _vertex_task_runner(spec, runtime_config, compiled, python, root, run_id,
+                                      local_root)
+    else:
+        raise ValueError(f"mode {mode!r} with options {sorted(kfp_options)}: modes are "
+                         f"{MODES}, options only for {KFP!r}")
     tasks = spec["root"]["dag"]["tasks"]
     runs: Dict[str, TaskRun] = {}
     for name in task_order(tasks):
         component, executor = component_and_executor(spec, name)
-        runs[name] = run_task(name, tasks[name], component, executor, runs, run_root / name, python,
-                              f"{artifact_run_root}/{name}" if artifact_run_root else None)
+        try:
+            runs[name] = run_one(name, tasks[name], component, executor, runs)
+        except TaskFailed as failure:
+            failure.runs = dict(runs)
+            failure.task = name
+            raise
         log(f"{name}: " + ("resolver, emulated: nothing resolved" if runs[name].resolver else
                            ", ".join(f"{s} {t:.1f} s" for s, t in runs[name].steps.items())))
     return runs
@@ -308,9 +242,11 @@ def main(argv=None) -> int:
                    help="the interpreter standing in for the image (default: this one)")
     p.add_argument("--root", help="pipeline root for the artifacts (default: the file's)")
     p.add_argument("--run_id", help="folder name of this run under <root>/<pipeline name>")
+    p.add_argument("--mode", choices=MODES, default=VERTEX,
+                   help="feed the tasks as Vertex does or as open-source KFP 2.x does")
     args = p.parse_args(argv)
     try:
-        runs = run_pipeline(args.compiled, args.python, args.root, args.run_id)
+        runs = run_pipeline(args.compiled, args.python, args.root, args.run_id, mode=args.mode)
     except TaskFailed as failure:
         print(f"FAILED: {failure}", file=sys.stderr)
         return 1

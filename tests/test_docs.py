@@ -827,7 +827,7 @@ def test_the_checker_sees_make_targets_links_and_variables():
     assert _messages("`make no_such_target`") == ["the Makefile has no target no_such_target"]
     assert _messages("`make run ARGS=\"--no_such_flag\"`") == [
         "local_runner.py has no flag --no_such_flag"]
-    assert _messages("[deploy](deploy.md#3-kubeflow-pipelines-2x-with-minio)") == []
+    assert _messages("[deploy](deploy.md#3-kubeflow-pipelines-2x)") == []
     assert _messages("[x](nope.md) [y](deploy.md#no-such-heading)") == [
         "link to nope.md: no such file",
         "link to deploy.md#no-such-heading: no heading #no-such-heading in docs/deploy.md"]

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 
 import kubeflow_runner
+from components.kfp_executor_input import outputs_flag
 from pipeline import kubeflow_target as kt
 from schema import schema_sha256
 from test_layers import LAYERS
@@ -143,16 +145,25 @@ def test_every_task_runs_in_the_image(compiled, name):
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_every_task_command_goes_through_our_entrypoint(compiled, name):
-    """Executors and the ExampleGen's driver run TFX's entrypoint through ours, which keeps the
-    task's exit status where tensorflow-io's s3:// support would abort the process at exit
-    (tests/test_process_exit.py)."""
-    commands = [hook["command"] for container in _containers(compiled[name][1]).values()
-                for hook in [container, *container.get("lifecycle", {}).values()]]
+    """Executors and the ExampleGen's driver run TFX's entrypoint through ours, which makes what
+    open-source KFP sends readable (tests/test_kfp_executor_input.py) and keeps the task's exit
+    status where tensorflow-io's s3:// support would abort the process at exit
+    (tests/test_process_exit.py). It is told the component's own outputs, so it can drop the
+    ones KFP adds (`executor-logs`)."""
+    spec = compiled[name][1]
+    declared = {c["executorLabel"]: sorted(c.get("outputDefinitions", {}).get("artifacts", {}))
+                for c in spec["components"].values()}
+    commands = [(label, hook["command"]) for label, executor in _executors(spec).items()
+                if "container" in executor
+                for hook in [executor["container"],
+                             *executor["container"].get("lifecycle", {}).values()]]
     assert len(commands) == len(COMPONENTS) + 1   # + the ExampleGen's preCacheCheck driver
-    for command in commands:
+    for label, command in commands:
         assert command[:3] == ["python", "-m", kt.TASK_ENTRYPOINT], command
-        assert len(command) == 4 and command[3].startswith("tfx.orchestration.kubeflow.v2."), \
+        assert command[3] == outputs_flag(declared[label]), (label, command)
+        assert len(command) == 5 and command[4].startswith("tfx.orchestration.kubeflow.v2."), \
             command
+    assert outputs_flag([]) in dict(commands)["AnomaliesGate_executor"]   # no outputs at all
 
 
 def _named_imports(spec):
@@ -162,7 +173,8 @@ def _named_imports(spec):
         hooks = [container, *container.get("lifecycle", {}).values()]
         for hook in hooks:
             command = hook["command"]
-            modules.update(command[command.index("-m") + 1:])   # our entrypoint and TFX's
+            modules.update(a for a in command[command.index("-m") + 1:]
+                           if not a.startswith("--"))   # our entrypoint and TFX's
         if "--executor_class_path" in container["args"]:
             paths.add(_arg_after(container["args"], "--executor_class_path"))
     paths.add(_param(spec, "Transform", "preprocessing_fn"))
@@ -314,3 +326,117 @@ def test_the_compiled_file_carries_the_effective_settings(compiled):
     plain = yaml.safe_load(_task_parameter(compiled["kfp_plain"][1], "VolumeEvaluator",
                                            "settings_yaml"))
     assert plain["model"]["variant"] == "base"
+
+
+# --- the kfp SDK's own view (its venv: .venv-kfp, made by make setup) ---------------------------
+KFP_SDK_PYTHON = os.path.join(REPO, os.environ.get("KFP_VENV", ".venv-kfp"), "bin", "python")
+DEPLOY_DOC = os.path.join(REPO, "docs", "deploy.md")
+
+
+def _kfp_sdk_check(path, calls=None, tmp_path=None):
+    """tests/kfp_sdk_check.py's verdict on a file, in the kfp SDK's venv."""
+    if not os.path.exists(KFP_SDK_PYTHON):
+        pytest.fail(f"{KFP_SDK_PYTHON} is missing: `make setup` creates it "
+                    "(scripts/setup_kfp_sdk.sh)")
+    argv = [KFP_SDK_PYTHON, os.path.join(REPO, "tests", "kfp_sdk_check.py"), str(path)]
+    if calls is not None:
+        calls_file = tmp_path / "calls.json"
+        calls_file.write_text(json.dumps(calls))
+        argv.append(str(calls_file))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"no verdict (exit {done.returncode}): {done.stderr[-3000:]}"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("name", ["kfp", "kfp_settings"])
+def test_kfp_sdk_loads_it_and_the_api_server_would_take_it(compiled, name, tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(compiled[name][2])
+    verdict = _kfp_sdk_check(path)
+    assert verdict["ok"], verdict
+    assert verdict["kfp"] == "2.17.3" and verdict["schema_version"] == "2.1.0"
+    assert set(COMPONENTS) <= set(verdict["tasks"]), verdict
+
+
+def test_the_api_server_check_refuses_the_vertex_file(compiled, tmp_path):
+    """Vertex's PipelineJob wrapper (schema 2.0.0) is what KFP's API server refuses."""
+    path = tmp_path / "pipeline.json"
+    path.write_text(compiled["vertex"][2])
+    verdict = _kfp_sdk_check(path)
+    assert not verdict["ok"] and "pipeline spec" in verdict["error"], verdict
+
+
+def _docs_kfp_calls():
+    """The kfp.Client calls of docs/deploy.md's Python blocks: [{call, args, kwargs}]."""
+    import ast
+    import re
+    calls = []
+    for block in re.findall(r"```python\n(.*?)```", open(DEPLOY_DOC).read(), re.S):
+        if "kfp.Client" not in block:
+            continue
+        for node in ast.walk(ast.parse(textwrap.dedent(block))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            target = node.func.value
+            if isinstance(target, ast.Name) and target.id == "kfp" and node.func.attr == "Client":
+                call = "Client.__init__"
+            elif isinstance(target, ast.Name) and target.id == "client":
+                call = f"Client.{node.func.attr}"
+            else:
+                continue
+            calls.append({"call": call, "args": len(node.args),
+                          "kwargs": [k.arg for k in node.keywords]})
+    return calls
+
+
+def test_the_docs_upload_and_run_calls_match_the_sdk(tmp_path, compiled):
+    calls = _docs_kfp_calls()
+    names = {c["call"] for c in calls}
+    assert {"Client.__init__", "Client.upload_pipeline",
+            "Client.create_run_from_pipeline_package"} <= names, calls
+    run = next(c for c in calls if c["call"] == "Client.create_run_from_pipeline_package")
+    assert "pipeline_root" in run["kwargs"], "KFP's backend ignores the file's own root"
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(compiled["kfp"][2])
+    verdict = _kfp_sdk_check(path, calls, tmp_path)
+    assert verdict["ok"] and len(verdict["calls"]) == len(calls), verdict
+    broken = [dict(calls[0], kwargs=calls[0]["kwargs"] + ["no_such_argument"])]
+    assert not _kfp_sdk_check(path, broken, tmp_path)["ok"]
+
+
+# What the runbook's cluster commands must name, as KFP's install manifests and launcher have it
+# (kubeflow/pipelines 2.17.0: manifests/kustomize/base/pipeline/ml-pipeline-apiserver-deployment
+# .yaml sets PUBLISH_LOGS on the `ml-pipeline` Deployment; backend/src/v2/config/env.go names the
+# `kfp-launcher` ConfigMap and the `mlpipeline-minio-artifact` secret's keys; config/s3.go the
+# provider fields).
+API_SERVER_DEPLOYMENT, PUBLISH_LOGS = "deployment/ml-pipeline", "PUBLISH_LOGS"
+S3_DEFAULT_FIELDS = {"endpoint", "disableSSL", "region", "forcePathStyle", "credentials",
+                     "maxRetries"}
+
+
+def test_the_runbooks_cluster_commands_and_configmap():
+    import re
+    import shlex
+    text = open(DEPLOY_DOC).read()
+    # Commands: a line of a code block, or an inline code span, that starts with kubectl.
+    kubectl = [shlex.split(line.split("#")[0])
+               for line in re.findall(r"(?:^|`)(kubectl [^`\n]+)", text, re.M)]
+    assert len(kubectl) >= 3, kubectl
+    for argv in kubectl:
+        if "apply" in argv:
+            assert argv[argv.index("-f") + 1] == "kfp-launcher.yaml", argv
+        else:
+            assert argv[argv.index("set"):] == ["set", "env", API_SERVER_DEPLOYMENT,
+                                                f"{PUBLISH_LOGS}=false"], argv
+            assert argv[argv.index("-n") + 1] == "kubeflow", argv
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    config_map = next(b for b in blocks if isinstance(b, dict) and b.get("kind") == "ConfigMap")
+    assert config_map["metadata"]["name"] == "kfp-launcher"
+    default = yaml.safe_load(config_map["data"]["providers"])["s3"]["default"]
+    assert set(default) <= S3_DEFAULT_FIELDS, set(default) - S3_DEFAULT_FIELDS
+    assert default["disableSSL"] is True and default["forcePathStyle"] is True
+    assert default["credentials"] == {"fromEnv": False, "secretRef": {
+        "secretName": "mlpipeline-minio-artifact", "accessKeyKey": "accesskey",
+        "secretKeyKey": "secretkey"}}
+    assert config_map["data"]["defaultPipelineRoot"].startswith("s3://")

@@ -4,14 +4,19 @@ kubeflow_runner.py compiles the tiny profile (`--target kfp`: PipelineSpec 2.1 a
 resolver; `--target vertex`: TFX's PipelineJob, schema 2.0, with the last-blessed-model
 resolver). Then tests/kfp_ir_harness.py runs every task's container command from that file,
 in dependency order, as a subprocess of a fresh venv holding only this project's wheel (built
-here) on top of .venv's packages: the stand-in for the image (tests/kfp_image.py). It feeds each
-task what the KFP / Vertex backends feed TFX's container entrypoint (see the harness's
-docstring); the vertex resolvers are emulated as resolving nothing, as on a first run.
+here) on top of .venv's packages: the stand-in for the image (tests/kfp_image.py).
 
-Paths are local (tmp folders) for both targets, and the kfp file runs once more with pipeline
-root, data root and serving dir in S3: moto's server on loopback (tests/s3_server.py), the tasks
-given the environment a pod on a cluster with MinIO gets. There every task must also survive
-tensorflow-io's abort at exit (components.task_entrypoint, tests/test_process_exit.py).
+The kfp file is fed as open-source KFP 2.x feeds it (the harness's `kfp` mode, read from KFP's
+backend: tests/kfp_backend.py): untyped inputs named by ML Metadata ids, the `executor-logs`
+output, uuid task folders, no preCacheCheck hook, a pod's bare environment. It runs with
+pipeline root, data root and serving dir in S3 (moto's server on loopback, tests/s3_server.py;
+KFP takes no local root), KFP's launcher set up by the kfp-launcher ConfigMap that
+docs/deploy.md gives, the tasks given the variables a pod on a cluster gets. There every task
+must also survive tensorflow-io's abort at exit (tests/test_process_exit.py). The same file
+without our task entrypoint (TFX's commands as TFX compiles them) fails at the first task, on
+local paths (so that only KFP's way of feeding it can be the cause).
+The vertex file is fed as Vertex does (the `vertex` mode); its resolvers are emulated as
+resolving nothing, as on a first run.
 
 Passes when every task exits 0, the Evaluator blesses the model (BLESSED in the blessing's uri,
 `blessed` = 1 in its metadata) and the Pusher pushes a SavedModel under the serving dir.
@@ -19,6 +24,7 @@ Passes when every task exits 0, the Evaluator blesses the model (BLESSED in the 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -67,7 +73,8 @@ def _run_compiled(target: str, image, tiny_ct: Path, tmp_path: Path, capsys):
     _compile(target, compiled, root, tiny_ct, serving)
     with capsys.disabled():
         print(f"\n[{target}] running {compiled} with {image.python}")
-        runs = harness.run_pipeline(compiled, image.python, run_id="run-1",
+        runs = harness.run_pipeline(compiled, image.python, root=str(root), run_id="run-1",
+                                    mode=target, local_root=str(tmp_path / "pods"),
                                     log=lambda line: print(f"[{target}] {line}", flush=True))
         print(harness.format_timings(runs))
     return compiled, runs, serving
@@ -101,20 +108,37 @@ def _assert_full_volume_report(runs) -> None:
     assert evaluation["metadata"].get("cases_evaluated", 0) > 0, evaluation
 
 
-def _assert_driver_ran(compiled: Path, runs) -> None:
-    """The file-based ExampleGen's preCacheCheck driver ran and what it wrote reached the
-    examples (the span and input fingerprint a backend's cache keys on). Without the hook the
-    executor still succeeds, so only this shows it."""
+def _hooked_tasks(compiled: Path, runs):
     spec, _ = harness.load_spec(compiled)
     hooked = [name for name in runs if "preCacheCheck" in harness.component_and_executor(
         spec, name)[1].get("container", {}).get("lifecycle", {})]
     assert hooked, "no task has a preCacheCheck hook: the ExampleGen's driver would not run"
-    for name in hooked:
-        examples = [a for artifacts in runs[name].outputs.values() for a in artifacts
-                    if harness.type_title(a["type"]) == "tfx.Examples"]
-        assert examples and all("input_fingerprint" in a["metadata"] for a in examples), \
-            f"{name}: the driver's span/fingerprint did not reach its examples: " \
-            f"{ {a['uri']: a['metadata'] for a in examples} }"
+    return hooked
+
+
+def _fingerprinted(runs, name) -> dict:
+    """{examples uri: whether the driver's input fingerprint reached its metadata}."""
+    examples = [a for artifacts in runs[name].outputs.values() for a in artifacts
+                if harness.type_title(a["type"]) == "tfx.Examples"]
+    assert examples, f"{name} produced no examples"
+    return {a["uri"]: "input_fingerprint" in a["metadata"] for a in examples}
+
+
+def _assert_driver_ran(compiled: Path, runs) -> None:
+    """Vertex: the file-based ExampleGen's preCacheCheck driver ran and what it wrote reached
+    the examples (the span and input fingerprint its cache keys on). Without the hook the
+    executor still succeeds, so only this shows it."""
+    for name in _hooked_tasks(compiled, runs):
+        assert all(_fingerprinted(runs, name).values()), \
+            f"{name}: the driver's span/fingerprint did not reach its examples"
+
+
+def _assert_driver_not_run(compiled: Path, runs) -> None:
+    """KFP never runs lifecycle hooks: the examples carry no input fingerprint, so new input
+    data does not change KFP's cache key (docs/deploy.md, Caching on KFP)."""
+    for name in _hooked_tasks(compiled, runs):
+        assert not any(_fingerprinted(runs, name).values()), \
+            f"{name}: an input fingerprint without the driver: did the harness run the hook?"
 
 
 def _assert_portable(compiled: Path) -> None:
@@ -125,15 +149,53 @@ def _assert_portable(compiled: Path) -> None:
             sorted({line.strip()[:160] for line in text.splitlines() if str(REPO) in line})))
 
 
-def test_kfp_target_runs_blesses_and_pushes(image, tiny_ct, tmp_path, capsys):
-    compiled, runs, serving = _run_compiled("kfp", image, tiny_ct, tmp_path, capsys)
-    spec, _ = harness.load_spec(compiled)
-    assert spec["schemaVersion"] == "2.1.0"
-    assert not any(run.resolver for run in runs.values()), "kfp cannot run resolvers"
-    _assert_driver_ran(compiled, runs)
-    _assert_blessed_and_pushed(runs, serving)
-    _assert_full_volume_report(runs)
-    _assert_portable(compiled)
+def _assert_adapted_for_kfp(pods: Path) -> None:
+    """Every task's log shows the task entrypoint adapting what KFP sent: the executor-logs
+    output dropped, and (in StatisticsGen, the first reader of an upstream artifact) the
+    untyped input typed from the component's declaration."""
+    logs = {p.parent.name: p.read_text(errors="replace") for p in pods.glob("*/*/executor.stderr")}
+    assert len(logs) >= 9, sorted(logs)
+    for task, log in logs.items():
+        assert "output 'executor-logs' (system.Artifact) dropped" in log, task
+    assert "input 'examples': type tfx.Examples from the component's input" in logs[
+        "StatisticsGen"]
+
+
+def _without_task_entrypoint(compiled: Path, out: Path) -> Path:
+    """The file as TFX compiles it: every command TFX's own `python -m MODULE`."""
+    import yaml
+    from pipeline.kubeflow_target import TASK_ENTRYPOINT
+    spec = yaml.safe_load(compiled.read_text())
+    for executor in spec["deploymentSpec"]["executors"].values():
+        container = executor.get("container", {})
+        for hook in [container, *container.get("lifecycle", {}).values()]:
+            command = hook.get("command", [])
+            if TASK_ENTRYPOINT in command:
+                hook["command"] = command[:2] + command[-1:]
+    out.write_text(yaml.safe_dump(spec))
+    return out
+
+
+def test_tfx_entrypoint_alone_fails_on_kfp(image, tiny_ct, tmp_path):
+    """The regression the task entrypoint fixes: TFX 1.16's entrypoint, fed as KFP feeds it,
+    fails at the first task on the executor-logs output (PUBLISH_LOGS, the default from KFP
+    2.5.0), and without it at the first task that reads an upstream artifact."""
+    compiled = tmp_path / "pipeline.yaml"
+    _compile("kfp", compiled, tmp_path / "root", tiny_ct, tmp_path / "serving")
+    plain = _without_task_entrypoint(compiled, tmp_path / "tfx_only.yaml")
+    spec, _ = harness.load_spec(plain)
+    first = harness.task_order(spec["root"]["dag"]["tasks"])[0]
+    with pytest.raises(harness.TaskFailed, match="Could not import system.Artifact") as failed:
+        harness.run_pipeline(plain, image.python, root=str(tmp_path / "root"), run_id="logs",
+                             mode="kfp", local_root=str(tmp_path / "pods"), log=print)
+    assert failed.value.task == first and not failed.value.runs
+    with pytest.raises(harness.TaskFailed, match="'NoneType' object has no attribute 'get'") \
+            as failed:
+        harness.run_pipeline(plain, image.python, root=str(tmp_path / "root"), run_id="nologs",
+                             mode="kfp", local_root=str(tmp_path / "pods"), log=print,
+                             publish_logs=False)
+    assert failed.value.task == "StatisticsGen", failed.value.task
+    assert set(failed.value.runs) == {"NiftiExampleGen", "PackagedSchemaGen"}
 
 
 def test_vertex_target_runs_blesses_and_pushes(image, tiny_ct, tmp_path, capsys):
@@ -147,25 +209,46 @@ def test_vertex_target_runs_blesses_and_pushes(image, tiny_ct, tmp_path, capsys)
     _assert_portable(compiled)
 
 
-def test_kfp_target_on_object_storage(image, tiny_ct, tmp_path, capsys, monkeypatch):
-    """The kfp file with pipeline root, data root and serving dir in S3 (moto's server on
-    loopback, as MinIO on a cluster): every task reads and writes its artifacts there, exits 0
-    (components.task_entrypoint keeps the status tensorflow-io's s3:// would abort at exit), and
-    a blessed model lands in the serving bucket."""
+def docs_launcher_config(endpoint: str) -> dict:
+    """The kfp-launcher ConfigMap's data as docs/deploy.md gives it, ENDPOINT filled in."""
+    import re
+    import yaml
+    text = (REPO / "docs" / "deploy.md").read_text()
+    blocks = [yaml.safe_load(textwrap.dedent(b)) for b in re.findall(r"```yaml\n(.*?)```",
+                                                                      text, re.S)]
+    maps = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "ConfigMap"
+            and b["metadata"]["name"] == "kfp-launcher"]
+    assert len(maps) == 1, "docs/deploy.md must give the kfp-launcher ConfigMap once"
+    data = maps[0]["data"]
+    assert "ENDPOINT" in data["providers"]
+    return dict(data, providers=data["providers"].replace("ENDPOINT", endpoint))
+
+
+def test_kfp_target_runs_blesses_and_pushes_on_object_storage(image, tiny_ct, tmp_path, capsys):
+    """The kfp file as KFP runs it, with pipeline root, data root and serving dir in S3 (moto's
+    server on loopback, as MinIO or SeaweedFS on a cluster; KFP takes no local root): KFP's
+    launcher, set up by the docs'
+    kfp-launcher ConfigMap and the `mlpipeline-minio-artifact` secret, downloads each task's
+    inputs to the pod's /s3 and uploads its log; every task reads and writes its artifacts in
+    the bucket, exits 0 (components.task_entrypoint keeps the status tensorflow-io's s3://
+    would abort at exit), and a blessed model lands in the serving bucket."""
     from s3_server import s3_server
     bucket = "unet3plus-kfp"
     with s3_server(bucket) as s3:
         s3.upload_folder(str(tiny_ct), bucket, "lits")
-        for key, value in s3.env.items():   # the tasks' environment (the harness passes it on)
-            monkeypatch.setenv(key, value)
         compiled = tmp_path / "pipeline.yaml"
         _compile("kfp", compiled, f"s3://{bucket}/root", f"s3://{bucket}/lits",
                  f"s3://{bucket}/serving", [f"--beam_arg=--s3_endpoint_url={s3.endpoint}"])
+        launcher_config = docs_launcher_config(s3.endpoint.split("://", 1)[1])
+        secrets = {"mlpipeline-minio-artifact": {"accesskey": s3.env["AWS_ACCESS_KEY_ID"],
+                                                 "secretkey": s3.env["AWS_SECRET_ACCESS_KEY"]}}
+        pods = tmp_path / "pods"
         with capsys.disabled():
             print(f"\n[kfp on s3] running {compiled} with {image.python}")
-            runs = harness.run_pipeline(compiled, image.python, run_id="run-1",
-                                        local_root=str(tmp_path / "pod_disk"),
-                                        log=lambda line: print(f"[kfp on s3] {line}", flush=True))
+            runs = harness.run_pipeline(
+                compiled, image.python, root=f"s3://{bucket}/root", run_id="run-1", mode="kfp",
+                local_root=str(pods), launcher_config=launcher_config, secrets=secrets,
+                env=s3.env, log=lambda line: print(f"[kfp on s3] {line}", flush=True))
             print(harness.format_timings(runs))
         blessings = harness.produced_of_type(runs, "tfx.ModelBlessing")
         assert len(blessings) == 1 and blessings[0][2]["uri"].startswith(f"s3://{bucket}/root/")
@@ -181,3 +264,13 @@ def test_kfp_target_on_object_storage(image, tiny_ct, tmp_path, capsys, monkeypa
         folder = evaluation["uri"].split(f"s3://{bucket}/", 1)[1]
         assert {f"{folder}/metrics.json", f"{folder}/eval_report.html"} <= set(
             s3.keys(bucket, folder))
+        # The launcher's side: the Pusher's inputs were downloaded to its pod's /s3, and every
+        # task's log was uploaded beside its outputs.
+        assert list((pods / "run-1" / "Pusher" / "s3" / bucket).rglob("saved_model.pb"))
+        logs = [k for k in s3.keys(bucket, "root/") if k.endswith("/executor-logs")]
+        assert len(logs) == len(runs), logs
+    assert harness.load_spec(compiled)[0]["schemaVersion"] == "2.1.0"
+    assert not any(run.resolver for run in runs.values()), "kfp cannot run resolvers"
+    _assert_driver_not_run(compiled, runs)
+    _assert_adapted_for_kfp(pods)
+    _assert_portable(compiled)
