@@ -50,6 +50,7 @@ import sys
 
 from common.process_exit import exit_process
 from inference.cases import is_batch_input
+from inference.inference_config import add_inference_flags, inference_options
 from inference.runs import EXIT_BAD_INPUT, error_line, segment_many, segment_one
 from preprocessing.nifti import CaseError
 
@@ -63,14 +64,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", required=True,
                    help="mask to write (.nii.gz); a folder for a folder or manifest input")
     p.add_argument("--label", help="ground-truth segmentation of one volume, to report Dice")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="liver probability cut of a one-channel model (a three-class model's "
-                        "labels are its argmax)")
-    p.add_argument("--batch_size", type=int, default=16)
+    add_inference_flags(p, postprocess_help="3-D post-processing: the largest liver "
+                        "component, enclosed holes filled, tumour only inside the liver")
     args = p.parse_args(argv)
     if args.label and is_batch_input(args.input):
         p.error("--label is for one volume: a folder's labels are its segmentation-N files, "
                 "a manifest's its label column")
+    try:
+        args.options = inference_options(args)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 

@@ -19,6 +19,7 @@ setup(
         "nibabel>=5.2",
         "numpy<2",
         "scipy",
+        "connected-components-3d",   # 3-D post-processing (inference/postprocess.py; scipy fallback)
         "tqdm",
         "matplotlib",            # the evaluation report's plots
         "surface-distance",      # LiTS surface metrics (DeepMind's library)

@@ -25,6 +25,7 @@ from tfx.utils import path_utils
 from common import storage
 from components.artifacts import VolumeEvaluation
 from evaluation.volume_eval import evaluate_volumes, select_cases
+from inference.inference_config import InferenceConfig
 from preprocessing.conversion_settings import ConversionSettings
 from schema.contract import EVAL_REPORT_FILE, SETTINGS_FILE
 
@@ -37,10 +38,14 @@ def serving_dir(model: standard_artifacts.Model) -> str:
 def record_figures(evaluation: artifact.Artifact, metrics: dict) -> None:
     evaluation.set_int_custom_property("cases_evaluated", len(metrics["cases"]))
     evaluation.set_int_custom_property("cases_failed", len(metrics["errors"]))
-    for name, pooled in metrics["global"]["candidate"].items():
-        for key in ("global_dice", "mean_dice"):
-            if pooled and pooled[key] is not None:
-                evaluation.set_float_custom_property(f"{name}_{key}", pooled[key])
+    for role, prefix in (("candidate", ""), ("candidate_postprocessed", "postprocessed_")):
+        for name, pooled in (metrics["global"].get(role) or {}).items():
+            for key in ("global_dice", "mean_dice"):
+                if pooled and pooled[key] is not None:
+                    evaluation.set_float_custom_property(f"{prefix}{name}_{key}", pooled[key])
+    lesions = (metrics.get("lesions") or {}).get("candidate") or {}
+    if lesions.get("lesion_recall") is not None:
+        evaluation.set_float_custom_property("lesion_recall", lesions["lesion_recall"])
 
 
 @component
@@ -52,6 +57,7 @@ def VolumeEvaluator(
         split: Parameter[str] = "eval",
         worst_volumes: Parameter[int] = 3,
         worst_slices: Parameter[int] = 4,
+        inference_config: Parameter[str] = "{}",
         settings_yaml: Parameter[str] = "",
         baseline_model: InputArtifact[standard_artifacts.Model] = None,
         tfma_evaluation: InputArtifact[standard_artifacts.ModelEvaluation] = None,
@@ -60,15 +66,16 @@ def VolumeEvaluator(
 
     data_root: the ExampleGen's input_base. conversion_settings: the ExampleGen's
     ConversionSettings as JSON (to_dict(); eval_fraction, split_seed, eval_cases, manifest),
-    "{}" for the defaults. split: "eval" or "all". settings_yaml: the run's effective settings,
-    kept in the artifact as settings.yaml and shown in the report."""
+    "{}" for the defaults. split: "eval" or "all". inference_config: the InferenceConfig as JSON
+    (mirroring, threshold, post-processing), "{}" for the defaults. settings_yaml: the run's
+    effective settings, kept in the artifact as settings.yaml and shown in the report."""
     settings = ConversionSettings.from_dict(json.loads(conversion_settings))
     cases, errors = select_cases(settings, data_root or None, split)
     result = evaluate_volumes(
         serving_dir(model), cases,
         serving_dir(baseline_model) if baseline_model is not None else None,
         output_dir=evaluation.uri, worst_volumes=worst_volumes, worst_slices=worst_slices,
-        known_errors=errors)
+        options=InferenceConfig.from_dict(json.loads(inference_config)), known_errors=errors)
     record_figures(evaluation, result.metrics)
     if settings_yaml:
         storage.write_text(storage.join(evaluation.uri, SETTINGS_FILE), settings_yaml)
@@ -90,7 +97,8 @@ def _write_report(evaluation, model, tfma_evaluation, blessing) -> None:
 
 def volume_evaluator(model, input_base: str, settings: ConversionSettings,
                      baseline_model=None, split: str = "eval", tfma_evaluation=None,
-                     blessing=None, settings_yaml: str = ""):
+                     blessing=None, settings_yaml: str = "",
+                     inference: InferenceConfig = InferenceConfig()):
     """The component wired to a Model channel (and, when there are, a baseline Model channel
     and the Evaluator's evaluation and blessing channels, for the report), with the
     ExampleGen's input_base and settings. The manifest is resolved as NiftiExampleGen resolves
@@ -103,5 +111,6 @@ def volume_evaluator(model, input_base: str, settings: ConversionSettings,
     inputs = {name: channel for name, channel in optional.items() if channel is not None}
     return VolumeEvaluator(model=model, data_root=input_base,
                            conversion_settings=json.dumps(settings.to_dict()), split=split,
+                           inference_config=json.dumps(inference.to_dict()),
                            settings_yaml=settings_yaml, **inputs)
 

@@ -13,21 +13,31 @@ candidate's output channels: 1 -> liver only (such a model cannot find tumour: i
 would say nothing); 3 -> liver and tumour, on every case (tumour-free and predicted so scores 1).
 A baseline lacking a class gets null for it.
 
+Every case is scored twice per model: on the model's own labels and after the 3-D
+post-processing (evaluation/model_scoring.py), whatever predict.py's --postprocess, so the
+report shows both; roles "candidate", "candidate_postprocessed", "baseline",
+"baseline_postprocessed". A model with a tumour channel is also scored per lesion
+(evaluation/lesion_metrics.py). Mirroring, threshold and batch size are predict.py's flags.
+
 Written to --output (local or a URI, through common/storage.py):
   metrics.json  {"model": {"uri"}, "baseline": {"uri"} | null, "classes": [...],
+                 "inference": {the InferenceConfig: threshold, batch_size, mirror, ...},
                  "cases": [{"case_id", "spacing_mm": [x, y, z], "num_slices",
-                            "candidate": {class: {dice, voe, rvd, assd_mm, msd_mm, hd95_mm,
-                                                  truth_ml, pred_ml}},
-                            "baseline": {class: {...} | null} | null, "seconds"}],
-                 "global": {"candidate": {class: {"global_dice", "mean_dice"}},
-                            "baseline": {...} | null},
+                            <role>: {class: {dice, voe, rvd, assd_mm, msd_mm, hd95_mm,
+                                             truth_ml, pred_ml}} (baseline roles: null
+                                             without a baseline),
+                            "lesions": {<role>: {lesion_recall, ...}} (tumour models),
+                            "seconds"}],
+                 "global": {<role>: {class: {"global_dice", "mean_dice"}} | null},
+                 "lesions": {<role>: pooled lesion figures | null} | null (liver-only),
                  "seconds_per_volume": float | null,
                  "errors": [{"case_id", "file", "reason"}],   cases of the split not evaluated
                  "rejected_before_split": [...]}   found but never a case (no segmentation,
                                                   duplicate id, bad manifest row): no split
                  undefined values are null
-  metrics.csv   a row per case and model: case_id, model (candidate/baseline), <class>_<metric>
-  worst_slices.npz  for the `worst_volumes` cases of lowest candidate liver Dice, the
+  metrics.csv   a row per case and role: case_id, model (the role), <class>_<metric>
+  worst_slices.npz  for the `worst_volumes` cases of lowest candidate liver Dice (of the labels
+                predict.py writes with these flags: post-processed or not), the
                 `worst_slices` axial slices with the most wrong voxels (most first):
                 <case_id>__image (HU float32 [k, H, W]), __truth, __prediction (uint8 labels
                 0/1/2), __slice_index (int32 [k], z of the canonical volume). [H, W] as the model
@@ -47,15 +57,17 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from common import storage
 from common.process_exit import exit_process
-from evaluation.volume_metrics import METRIC_NAMES, CaseScorer
+from evaluation.model_scoring import POSTPROCESSED, ModelUnderTest
+from evaluation.volume_metrics import METRIC_NAMES
 from evaluation.worst_slices import WorstVolumes
 from inference.cases import load_input
+from inference.inference_config import InferenceConfig, add_inference_flags, inference_options
 from inference.model import load_model
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_settings import ConversionSettings
@@ -65,32 +77,10 @@ from schema.contract import (CONSOLE_LOGGER, VOLUME_METRICS_CSV_FILE, VOLUME_MET
                              WORST_SLICES_FILE)
 
 SPLITS = (EVAL, "all")
+# The scorings in metrics.json: each model raw and after the 3-D post-processing.
+ROLES = ("candidate", "candidate" + POSTPROCESSED, "baseline", "baseline" + POSTPROCESSED)
 EXIT_BAD_INPUT = 1
 LOG = logging.getLogger(CONSOLE_LOGGER)
-
-
-@dataclasses.dataclass
-class ModelUnderTest:
-    """One model: its serving function and SliceConfig (inference/model.py load_model) and,
-    once it has segmented a case (which tells its output channels), its scorer."""
-    role: str                 # "candidate" or "baseline"
-    uri: str
-    serve: Callable
-    slice_config: Any
-    scorer: Optional[CaseScorer] = None
-
-    def segment(self, case, batch_size: int, threshold: float) -> np.ndarray:
-        """uint8 labels in the case's canonical grid; the first call fixes the classes."""
-        from inference import segmenter  # TensorFlow and Keras: only when a model runs
-        probs = segmenter.predict_probabilities(self.serve, case, self.slice_config, batch_size)
-        if self.scorer is None:
-            self.scorer = CaseScorer(classes_of(probs.shape[-1]))
-        return segmenter.probabilities_to_labels(probs, threshold)
-
-
-def classes_of(channels: int) -> List[str]:
-    """The classes a model with this many output channels is scored on (module docstring)."""
-    return ["liver", "tumour"] if channels > 1 else ["liver"]
 
 
 def load_models(model_dir: str, baseline_model_dir: Optional[str]) -> List[ModelUnderTest]:
@@ -123,8 +113,9 @@ class EvaluationResult:
 
 
 def evaluate_case(files: CaseFiles, models: List[ModelUnderTest], worst: WorstVolumes,
-                  batch_size: int, threshold: float) -> Dict[str, Any]:
-    """metrics.json's entry of one case (every model); CaseError when it cannot be read."""
+                  options: InferenceConfig) -> Dict[str, Any]:
+    """metrics.json's entry of one case (every model, raw and post-processed); CaseError when
+    it cannot be read."""
     start = time.perf_counter()
     if files.label_path is None:
         raise CaseError(files.image_path, "no ground truth to evaluate against", files.case_id)
@@ -138,14 +129,20 @@ def evaluate_case(files: CaseFiles, models: List[ModelUnderTest], worst: WorstVo
     # neither in the table nor in the pooled Dice.
     measured = []
     for model in models:
-        pred = model.segment(case, batch_size, threshold)
-        measured.append((model, pred, *model.scorer.measure(truth, pred, case.spacing)))
-    classes = models[0].scorer.classes                     # the candidate's
-    for model, pred, scores, counts in measured:
-        model.scorer.add(counts)
-        record[model.role] = {name: scores.get(name) for name in classes}
+        labels = model.segment(case, options)
+        classes = models[0].classes                     # the candidate's, which runs first
+        measured.append((model, labels, model.measure(truth, labels, case.spacing, classes)))
+    # The worst slices show what predict.py writes with these options.
+    shown = "candidate" + (POSTPROCESSED if options.postprocess else "")
+    for model, labels, by_role in measured:
+        model.add(by_role)
+        for role, (entry, _, lesion_case) in by_role.items():
+            record[role] = entry
+            if lesion_case is not None:
+                record.setdefault("lesions", {})[role] = lesion_case.metrics()
         if model.role == "candidate":
-            worst.offer(files.case_id, scores["liver"]["dice"], case, truth, pred, classes)
+            worst.offer(files.case_id, record[shown]["liver"]["dice"], case, truth,
+                        labels[shown], classes)
     record.setdefault("baseline", None)
     record["seconds"] = time.perf_counter() - start
     return record
@@ -153,9 +150,9 @@ def evaluate_case(files: CaseFiles, models: List[ModelUnderTest], worst: WorstVo
 
 def evaluate_volumes(model_dir: str, cases: Sequence[CaseFiles],
                      baseline_model_dir: Optional[str] = None, *, output_dir: str,
-                     worst_volumes: int = 3, worst_slices: int = 4, batch_size: int = 16,
-                     threshold: float = 0.5, known_errors: Sequence[CaseError] = ()
-                     ) -> EvaluationResult:
+                     worst_volumes: int = 3, worst_slices: int = 4,
+                     options: InferenceConfig = InferenceConfig(),
+                     known_errors: Sequence[CaseError] = ()) -> EvaluationResult:
     """Segments every slice of every case with the model (and the baseline), scores the whole
     volumes and writes metrics.json, metrics.csv and worst_slices.npz into `output_dir`.
     `known_errors`: entries rejected before the split (discovery), listed apart from the
@@ -172,7 +169,7 @@ def evaluate_volumes(model_dir: str, cases: Sequence[CaseFiles],
                                        file=sys.stderr, disable=None) as progress:
         for i, files in enumerate(progress, start=1):
             try:
-                records.append(evaluate_case(files, models, worst, batch_size, threshold))
+                records.append(evaluate_case(files, models, worst, options))
             except Exception as e:   # one bad case is reported; the others are still scored
                 error = _as_case_error(e, files)
                 errors.append(error)
@@ -181,7 +178,7 @@ def evaluate_volumes(model_dir: str, cases: Sequence[CaseFiles],
                 continue
             LOG.info("Volume %d/%d %s: %s, %.1f s", i, len(cases), files.case_id,
                      _dice_text(records[-1]), records[-1]["seconds"])   # time per volume
-    metrics = metrics_document(models, records, errors, list(known_errors))
+    metrics = metrics_document(models, records, errors, list(known_errors), options)
     write_outputs(output_dir, metrics, worst)
     return EvaluationResult(metrics, errors, output_dir)
 
@@ -204,23 +201,23 @@ def _error_entries(errors: Sequence[CaseError]) -> List[Dict[str, Any]]:
 
 
 def metrics_document(models: List[ModelUnderTest], records: List[Dict[str, Any]],
-                     errors: List[CaseError], rejected: Sequence[CaseError] = ()
-                     ) -> Dict[str, Any]:
+                     errors: List[CaseError], rejected: Sequence[CaseError] = (),
+                     options: InferenceConfig = InferenceConfig()) -> Dict[str, Any]:
     """metrics.json's content (module docstring)."""
     by_role = {m.role: m for m in models}
     candidate, baseline = by_role["candidate"], by_role.get("baseline")
-    classes = list(candidate.scorer.classes) if candidate.scorer else ["liver"]
-
-    def pooled(model: ModelUnderTest) -> Dict[str, Any]:
-        summary = model.scorer.summary() if model.scorer else {}
-        return {name: summary.get(name) for name in classes}
-
+    classes = list(candidate.classes or ["liver"])
+    pooled, lesions = {}, {}
+    for name in ROLES:
+        model = by_role.get(name.replace(POSTPROCESSED, ""))
+        pooled[name] = model.pooled_dice(name, classes) if model else None
+        lesions[name] = model.pooled_lesions(name) if model else None
     seconds = [r["seconds"] for r in records]
     return {"model": {"uri": candidate.uri},
             "baseline": {"uri": baseline.uri} if baseline else None,
-            "classes": classes, "cases": records,
-            "global": {"candidate": pooled(candidate),
-                       "baseline": pooled(baseline) if baseline else None},
+            "classes": classes, "inference": options.to_dict(), "cases": records,
+            "global": pooled,
+            "lesions": lesions if "tumour" in classes else None,
             "seconds_per_volume": float(np.mean(seconds)) if seconds else None,
             "errors": _error_entries(errors),
             "rejected_before_split": _error_entries(rejected)}
@@ -231,7 +228,7 @@ def csv_text(metrics: Dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["case_id", "model", *(f"{c}_{m}" for c in classes for m in METRIC_NAMES)])
     for case in metrics["cases"]:
-        for role in (r for r in ("candidate", "baseline") if case.get(r) is not None):
+        for role in (r for r in ROLES if case.get(r) is not None):
             values = [(case[role].get(c) or {}).get(m) for c in classes for m in METRIC_NAMES]
             writer.writerow([case["case_id"], role, *("" if v is None else repr(v)
                                                       for v in values)])
@@ -254,8 +251,8 @@ def summary_lines(result: EvaluationResult) -> List[str]:
              + (f", {m['seconds_per_volume']:.1f} s/volume" if m["cases"] else "")
              + (f"; {len(m['rejected_before_split'])} entries rejected before the split"
                 if m["rejected_before_split"] else "")]
-    for role in ("candidate", "baseline"):
-        for name, pooled in (m["global"][role] or {}).items():
+    for role in ROLES:
+        for name, pooled in (m["global"].get(role) or {}).items():
             if pooled and pooled["global_dice"] is not None:
                 lines.append(f"{role} {name}: global Dice {pooled['global_dice']:.4f}, "
                              f"mean Dice {pooled['mean_dice']:.4f}")
@@ -291,11 +288,16 @@ def parse_args(argv) -> argparse.Namespace:
                    help=f"the pipeline run's (default {ConversionSettings.eval_fraction})")
     p.add_argument("--split_seed", type=int,
                    help=f"the pipeline run's (default {ConversionSettings.split_seed})")
-    for name, default in (("worst_volumes", 3), ("worst_slices", 4), ("batch_size", 16)):
+    for name, default in (("worst_volumes", 3), ("worst_slices", 4)):
         p.add_argument(f"--{name}", type=int, default=default)
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="liver probability cut of a one-channel model")
-    return p.parse_args(argv)
+    add_inference_flags(p, postprocess_help="which labels the worst slices show (both are "
+                                            "always scored)")
+    args = p.parse_args(argv)
+    try:
+        args.options = inference_options(args)
+    except ValueError as e:
+        p.error(str(e))
+    return args
 
 
 def main(argv=None) -> int:
@@ -312,7 +314,7 @@ def main(argv=None) -> int:
         result = evaluate_volumes(
             args.model, cases, args.baseline, output_dir=args.output,
             worst_volumes=args.worst_volumes, worst_slices=args.worst_slices,
-            batch_size=args.batch_size, threshold=args.threshold, known_errors=errors)
+            options=args.options, known_errors=errors)
     except CaseError as e:
         print(f"volume_eval: error: {e.path}: {' '.join(e.reason.split())}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,5 +1,5 @@
-"""predict.py's two runs, on parsed arguments (`model`, `input`, `output`, `label`, `threshold`,
-`batch_size`): one volume -> one mask (with Dice given its label), and a LiTS folder or CSV
+"""predict.py's two runs, on parsed arguments (`model`, `input`, `output`, `label`, and
+`options`, the InferenceConfig of its flags): one volume -> one mask (with Dice given its label), and a LiTS folder or CSV
 manifest -> a mask per volume and predictions.csv, each bad case reported on stderr and skipped,
 a summary at the end. Errors are one line, `predict.py: error: <file>: <reason>`."""
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 from common import storage
 from inference.cases import discover_inputs, load_input
+from inference.inference_config import InferenceConfig
 from inference.model import ServeFn, check_model_dir, load_model
 from inference.segmenter import segment_case, to_source_orientation
 from inference.writers import (MASK_SUFFIX, PREDICTIONS_CSV, check_output, mask_path,
@@ -39,8 +40,7 @@ def segment_one(args) -> int:
     check_output(args.output)
     case = load_input(args.input, args.label)
     serve, config = load_model(args.model)
-    mask, num_classes = segment_case(serve, config, case, args.output, args.threshold,
-                                     args.batch_size)
+    mask, num_classes = segment_case(serve, config, case, args.output, args.options)
     tumor = f" (incl. {np.count_nonzero(mask == 2)} tumour)" if num_classes > 1 else ""
     logging.info("Wrote %s: shape %s, %d liver voxels%s, %.1f s", args.output, mask.shape,
                  int(np.count_nonzero(mask)), tumor, time.time() - start)
@@ -74,12 +74,12 @@ def volume_row(case_id: str, mask: np.ndarray, case: CanonicalCase, num_classes:
 
 
 def predict_case(serve: ServeFn, config: SliceConfig, files: CaseFiles, output_path: str,
-                 threshold: float = 0.5, batch_size: int = 16) -> Dict[str, Any]:
+                 options: InferenceConfig = InferenceConfig()) -> Dict[str, Any]:
     """Reads, segments and writes one case of a folder run; its predictions.csv row (seconds:
     read + segment + write). CaseError naming the file on bad input."""
     start = time.perf_counter()
     case = load_input(files.image_path, files.label_path, case_id=files.case_id)
-    mask, num_classes = segment_case(serve, config, case, output_path, threshold, batch_size)
+    mask, num_classes = segment_case(serve, config, case, output_path, options)
     row = volume_row(files.case_id, mask, case, num_classes)
     row["seconds"] = time.perf_counter() - start
     return row
@@ -119,8 +119,7 @@ def _predict_or_error(args, serve, config, files):
     log)."""
     out = mask_path(args.output, files.case_id)
     try:
-        return predict_case(serve, config, files, out, args.threshold,
-                                      args.batch_size), None
+        return predict_case(serve, config, files, out, args.options), None
     except CaseError as e:
         return None, e
     except Exception as e:   # noqa: BLE001 - a batch run goes on past one case's surprise

@@ -1,39 +1,68 @@
 """Segmenting a loaded CT case: the model sees the ExampleGen's own slices (preprocessing/slices.py,
 serialized by preprocessing/examples.py) through its `serving_default` signature; probabilities
 are resampled back to the canonical grid (linear, per class), then thresholded (one channel) or
-argmaxed (three), and the labels put back in the input file's own axis order. Shared by
+argmaxed (three), post-processed in 3-D (inference/postprocess.py) when the InferenceConfig
+says so, and the labels put back in the input file's own axis order. Shared by
 predict.py (inference/runs.py) and the full-volume evaluation (evaluation/volume_eval.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import nibabel as nib
 import numpy as np
 
 from inference.cases import load_input
+from inference.inference_config import MIRRORS as MIRROR_CHOICES
+from inference.inference_config import InferenceConfig
 from inference.model import ServeFn, check_model_dir, load_model
+from inference.postprocess import postprocess
 from inference.writers import write_mask
 from preprocessing.examples import slice_example_bytes
 from preprocessing.nifti import CanonicalCase
 from preprocessing.slices import (SliceConfig, SliceRecord, model_grid_to_canonical,
                                   volume_to_model_input)
 
+LOG = logging.getLogger(__name__)
 
-def predict_probabilities(serve: ServeFn, case: CanonicalCase, config: SliceConfig,
-                          batch_size: int = 16) -> np.ndarray:
-    """Class probabilities per voxel of the canonical volume [X, Y, Z, C] (C = the model's
-    output channels: 1 liver, or 3 background / liver / tumour)."""
-    # Labels play no part in inference (they would only be resampled for nothing).
-    stacks = volume_to_model_input(dataclasses.replace(case, labels=None), config)  # [Z,H,W,K]
+
+# Test-time mirroring: the in-plane axes of a [Z, H, W, K] stack flipped, each subset once. The
+# model's probabilities of a mirrored input are mirrored back and averaged with the others.
+MIRRORS = {"none": ((),), "flips": ((), (1,), (2,), (1, 2))}
+assert tuple(MIRRORS) == MIRROR_CHOICES
+
+
+def _serve_stacks(serve: ServeFn, case: CanonicalCase, stacks: np.ndarray,
+                  batch_size: int) -> np.ndarray:
+    """The model's probabilities [Z, H, W, C] of model-grid stacks [Z, H, W, K]."""
     probs = []
     for start in range(0, len(stacks), batch_size):
         batch = [slice_example_bytes(case.case_id, case.spacing,
-                                     SliceRecord(image=s, label=None, slice_index=start + i,
-                                                 num_slices=len(stacks)))
+                                     SliceRecord(image=np.ascontiguousarray(s), label=None,
+                                                 slice_index=start + i, num_slices=len(stacks)))
                  for i, s in enumerate(stacks[start:start + batch_size])]
         probs.append(serve(batch))
-    display = np.transpose(np.concatenate(probs), (1, 2, 0, 3))    # [H, W, Z, C]
+    return np.concatenate(probs)
+
+
+def predict_probabilities(serve: ServeFn, case: CanonicalCase, config: SliceConfig,
+                          batch_size: int = 16, mirror: str = "none") -> np.ndarray:
+    """Class probabilities per voxel of the canonical volume [X, Y, Z, C] (C = the model's
+    output channels: 1 liver, or 3 background / liver / tumour). mirror: "none", or "flips"
+    (the mean over the input and its mirror images along the in-plane axes: 4x the model
+    time)."""
+    if mirror not in MIRRORS:
+        raise ValueError(f"mirror must be one of {sorted(MIRRORS)}, got {mirror!r}")
+    # Labels play no part in inference (they would only be resampled for nothing).
+    stacks = volume_to_model_input(dataclasses.replace(case, labels=None), config)  # [Z,H,W,K]
+    total = None
+    for axes in MIRRORS[mirror]:
+        probs = _serve_stacks(serve, case, np.flip(stacks, axes) if axes else stacks,
+                              batch_size)
+        probs = np.flip(probs, axes) if axes else probs
+        total = probs.astype(np.float32) if total is None else total + probs
+    display = np.transpose(total / len(MIRRORS[mirror]), (1, 2, 0, 3))    # [H, W, Z, C]
     # The exact inverse of the ExampleGen's resampling (field of view or target spacing), one
     # channel at a time.
     return np.stack([model_grid_to_canonical(display[..., c], case, config, order=1)
@@ -53,22 +82,33 @@ def to_source_orientation(canonical: np.ndarray, case) -> np.ndarray:
     return nib.orientations.apply_orientation(canonical, transform)
 
 
+def labels_of(probs: np.ndarray, case: CanonicalCase, options: InferenceConfig):
+    """(uint8 labels in the canonical grid, the post-processing report) of the probabilities:
+    thresholded or argmaxed, then post-processed in 3-D when options.postprocess."""
+    labels = probabilities_to_labels(probs, options.threshold)
+    return postprocess(labels, case.spacing, options.postprocess_settings())
+
+
 def segment_case(serve: ServeFn, config: SliceConfig, case: CanonicalCase, output_path: str,
-                 threshold: float = 0.5, batch_size: int = 16):
+                 options: InferenceConfig = InferenceConfig()):
     """Writes the label map of a loaded case (load_input, which keeps the input file's affine
     and header) to `output_path`; returns it (the input's grid) and the model's output
     channels."""
-    probs = predict_probabilities(serve, case, config, batch_size)
-    mask = to_source_orientation(probabilities_to_labels(probs, threshold), case)
+    probs = predict_probabilities(serve, case, config, options.batch_size, options.mirror)
+    labels, report = labels_of(probs, case, options)
+    if any(report.values()):
+        LOG.info("%s: post-processing %s", case.case_id,
+                 ", ".join(f"{k} {v}" for k, v in report.items() if v))
+    mask = to_source_orientation(labels, case)
     assert mask.shape == case.source_shape
     write_mask(mask, case, output_path)
     return mask, probs.shape[-1]
 
 
 def segment_volume(model_dir: str, input_path: str, output_path: str,
-                   threshold: float = 0.5, batch_size: int = 16):
+                   options: InferenceConfig = InferenceConfig()):
     """Writes the label map; returns it (the input's grid) and the model's output channels."""
     check_model_dir(model_dir)          # before reading a large volume
     case = load_input(input_path)
     serve, config = load_model(model_dir)
-    return segment_case(serve, config, case, output_path, threshold, batch_size)
+    return segment_case(serve, config, case, output_path, options)

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 
 from common.storage import absolute, dirname, join
 from evaluation.evaluation_config import EvalConfig
+from inference.inference_config import MIRRORS, InferenceConfig
 from models.model_config import ENCODERS, LOSSES, VARIANTS, ModelConfig
 from preprocessing.conversion_settings import (LOCAL_BEAM_RUNNER, ConversionSettings,
                                                with_local_runner)
@@ -43,6 +44,7 @@ CHOICES = {
     "train.precision": PRECISIONS,
     "train.xla": XLA_MODES,
     "train.input": INPUTS,
+    "inference.mirror": MIRRORS,
 }
 
 
@@ -60,6 +62,7 @@ class PipelineConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    inference: InferenceConfig = dataclasses.field(default_factory=InferenceConfig)
     # Beam: the in-process FnApiRunner. Without --runner, Beam 2.74's DirectRunner first tries
     # Prism, which downloads a binary from GitHub at run time (and falls back when offline).
     beam_pipeline_args: List[str] = dataclasses.field(default_factory=lambda: [

@@ -89,7 +89,7 @@ def _evaluate_and_push(config: PipelineConfig, transform, trainer, classes: str,
         trainer.outputs["model"], config.input_base, config.example_gen,
         baseline_model=model_resolver.outputs["model"] if model_resolver else None,
         tfma_evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
-        settings_yaml=to_yaml(config))
+        settings_yaml=to_yaml(config), inference=config.inference)
     return [c for c in (model_resolver, evaluator, pusher, full_volumes) if c is not None]
 
 

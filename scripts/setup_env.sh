@@ -2,7 +2,7 @@
 # Creates .venv with Python 3.10 and the pinned stack (requirements/lock.txt), then builds the DALI
 # TensorFlow plugin against the installed TensorFlow, then installs this project in editable mode.
 # Idempotent: a stamp records the lock file's hash, so a second call returns at once. Then the kfp
-# SDK's own venv (scripts/setup_kfp_sdk.sh).
+# SDK's own venv (scripts/setup_kfp_sdk.sh) and the real CT crop (scripts/fetch_real_ct.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,8 +12,15 @@ DALI_PLUGIN="nvidia-dali-tf-plugin-cuda120==2.4.0"
 STAMP="$VENV/.setup-stamp"
 want_stamp="$(cat "$LOCK" setup.py | sha256sum | cut -d' ' -f1) $DALI_PLUGIN"
 
+# What the tests need beside .venv: the kfp SDK's own venv, and the real CT crop.
+extras() {
+  bash scripts/setup_kfp_sdk.sh
+  VENV="$VENV" bash scripts/fetch_real_ct.sh
+}
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]]; then
-  exec bash scripts/setup_kfp_sdk.sh
+  extras
+  exit 0
 fi
 
 find_python310() {
@@ -56,4 +63,4 @@ echo "setup: building $DALI_PLUGIN against the installed TensorFlow"
 "$VENV/bin/python" -m pip check
 echo "$want_stamp" > "$STAMP"
 echo "setup: done ($VENV)"
-bash scripts/setup_kfp_sdk.sh
+extras

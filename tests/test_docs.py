@@ -61,6 +61,7 @@ CLIS = {
     # preprocessing/synthetic_ct/__main__.py calls cli.main(), which parses.
     "-m preprocessing.synthetic_ct": ("preprocessing.synthetic_ct.cli", "main"),
     "-m pipeline.settings_reference": ("pipeline.settings_reference", "parse_args"),
+    "-m preprocessing.lits_crop": ("preprocessing.lits_crop", "parse_args"),
 }
 # Modules of ours run with `python -m` that take positional arguments only (no argparse).
 POSITIONAL_ONLY = {

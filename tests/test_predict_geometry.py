@@ -28,6 +28,8 @@ import predict
 from inference import model as inference_model
 from inference import segmenter
 from inference.cases import load_input
+from inference.inference_config import InferenceConfig
+from inference.postprocess import postprocess
 from models.metrics import class_map, dice_numpy
 from preprocessing import features as F
 from preprocessing.case_conversion import case_examples
@@ -182,8 +184,9 @@ def run_predict(files, config, model, out_dir):
     out_path = os.path.join(out_dir,
                             os.path.basename(files.image_path).replace(".nii", "_pred.nii"))
     case = load_input(files.image_path)
+    # 5: batches that do not divide Z. No post-processing: the geometry alone is under test.
     segmenter.segment_case(inference_model.serving_function(model), config, case, out_path,
-                           batch_size=5)   # 5: batches that do not divide Z
+                           InferenceConfig(batch_size=5, postprocess=False))
     return nib.load(out_path), nib.load(files.label_path)
 
 
@@ -338,28 +341,34 @@ class _SavedPerfectModel(tf.Module):
 SAVED_CONFIG = RESAMPLED["spacing_fine"]
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """A PIR, header-scaled case and a SavedModel laid out like the Trainer's export
-    (saved_model.pb + assets.extra/slice_config.json) that segments it perfectly (3 classes)."""
+def save_answering_model(answers, model_dir: str) -> str:
+    """_SavedPerfectModel(answers) laid out like the Trainer's export (saved_model.pb +
+    assets.extra/slice_config.json with SAVED_CONFIG)."""
     from schema.contract import MODEL_SLICE_CONFIG_FILE as SLICE_CONFIG_FILE
-    folder = tmp_path_factory.mktemp("saved")
-    files = write_case(folder, "PIR", "half", name="volume-3")
-    model_dir = str(folder / "model")
-    module = _SavedPerfectModel(perfect_answers(examplegen_slices(files, SAVED_CONFIG), 3))
+    module = _SavedPerfectModel(answers)
     tf.saved_model.save(module, model_dir,
                         signatures={"serving_default": module.serve.get_concrete_function()})
     os.makedirs(os.path.join(model_dir, os.path.dirname(SLICE_CONFIG_FILE)))
     with open(os.path.join(model_dir, SLICE_CONFIG_FILE), "w") as f:
         json.dump(SAVED_CONFIG.to_dict(), f)
-    return files, model_dir
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A PIR, header-scaled case and a SavedModel laid out like the Trainer's export that
+    segments it perfectly (3 classes)."""
+    folder = tmp_path_factory.mktemp("saved")
+    files = write_case(folder, "PIR", "half", name="volume-3")
+    answers = perfect_answers(examplegen_slices(files, SAVED_CONFIG), 3)
+    return files, save_answering_model(answers, str(folder / "model"))
 
 
 def test_main_writes_the_label_back_and_prints_dice(saved, tmp_path, capsys):
     files, model_dir = saved
     out = str(tmp_path / "mask.nii.gz")
     assert predict.main(["--model", model_dir, "--input", files.image_path, "--output", out,
-                         "--label", files.label_path]) == 0
+                         "--label", files.label_path, "--no-postprocess"]) == 0
     written, label_img = nib.load(out), nib.load(files.label_path)
     check_written(written, label_img, files)
     np.testing.assert_array_equal(canonical(written), resampling_limit(files, SAVED_CONFIG, 3))
@@ -368,7 +377,8 @@ def test_main_writes_the_label_back_and_prints_dice(saved, tmp_path, capsys):
         line = next(l for l in printed.splitlines() if l.startswith(f"{name} Dice"))
         assert float(line.split()[-1]) >= 0.98, printed
     # segment_volume (the same without --label) writes the same mask.
-    mask, channels = segmenter.segment_volume(model_dir, files.image_path, str(tmp_path / "b.nii"))
+    mask, channels = segmenter.segment_volume(model_dir, files.image_path, str(tmp_path / "b.nii"),
+                                              InferenceConfig(postprocess=False))
     assert channels == 3
     np.testing.assert_array_equal(mask, np.asanyarray(written.dataobj))
 
@@ -486,3 +496,47 @@ def test_bad_input_from_the_shell_has_no_traceback(saved, tmp_path, kind):
     assert lines[-1].startswith(f"predict.py: error: {path}: "), proc.stderr
     if kind == "truncated_gzip":
         assert len(lines) == 1, proc.stderr
+
+
+def test_post_processing_reaches_the_written_mask(saved, tmp_path):
+    """predict.py post-processes in the canonical grid with its spacing: a speck of liver far
+    from the liver, which the stand-in answers, is in the mask with --no-postprocess and gone
+    by default; otherwise the two masks are equal."""
+    files, _ = saved
+    answers = perfect_answers(examplegen_slices(files, SAVED_CONFIG), 3)
+    answers[len(answers) // 2, 2:8, 2:8] = [0.0, 1.0, 0.0]      # the speck: near a corner
+    model_dir = save_answering_model(answers, str(tmp_path / "speck_model"))
+    written = {}
+    for flag in ("--postprocess", "--no-postprocess"):
+        out = str(tmp_path / f"{flag.strip('-')}.nii.gz")
+        assert predict.main(["--model", model_dir, "--input", files.image_path,
+                             "--output", out, flag]) == 0
+        written[flag] = canonical(nib.load(out))
+    raw, cleaned = written["--no-postprocess"], written["--postprocess"]
+    assert np.count_nonzero(raw != cleaned) > 0, "the speck should have been removed"
+    expected, report = postprocess(raw, load_input(files.image_path).spacing)
+    np.testing.assert_array_equal(cleaned, expected)
+    assert report["liver_components_removed"] >= 1, report
+
+
+def test_mirroring_averages_the_unmirrored_answers(tmp_path):
+    """--mirror flips: the model's answer to each mirrored input is mirrored back and the four
+    averaged. A stand-in that answers one fixed, asymmetric pattern whatever it is shown makes
+    the expected mean exact (a wrong axis or a missing un-flip would change it)."""
+    files = write_case(tmp_path, "RAS")
+    case = load_input(files.image_path)
+    slices = examplegen_slices(files, IDENTITY)
+    h, w = slices[0][1].shape
+    pattern = np.random.default_rng(0).random((h, w, 3)).astype(np.float32)
+
+    def serve(batch):
+        return np.repeat(pattern[None], len(batch), axis=0)
+    plain = segmenter.predict_probabilities(serve, case, IDENTITY, mirror="none")
+    mirrored = segmenter.predict_probabilities(serve, case, IDENTITY, mirror="flips")
+    mean = (pattern + pattern[::-1] + pattern[:, ::-1] + pattern[::-1, ::-1]) / 4
+    expected = segmenter.predict_probabilities(
+        lambda batch: np.repeat(mean[None], len(batch), axis=0), case, IDENTITY)
+    np.testing.assert_allclose(mirrored, expected, atol=1e-6)
+    assert not np.allclose(plain, mirrored)
+    with pytest.raises(ValueError, match="mirror"):
+        segmenter.predict_probabilities(serve, case, IDENTITY, mirror="sideways")

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from inference import segmenter
+from inference.inference_config import InferenceConfig
 from components.volume_evaluator import VolumeEvaluation, VolumeEvaluator, volume_evaluator
 from models.metrics import dice_numpy
 from evaluation import volume_eval
@@ -107,20 +108,24 @@ def test_writes_the_three_files_in_the_agreed_format(evaluated, setup):
     assert metrics["classes"] == ["liver", "tumour"]       # a three-channel model
     assert [c["case_id"] for c in metrics["cases"]] == ["volume-0", "volume-1"]
     for case in metrics["cases"]:
-        assert set(case) == {"case_id", "spacing_mm", "num_slices", "seconds", "candidate",
-                             "baseline"}
+        assert set(case) == {"case_id", "spacing_mm", "num_slices", "seconds", "lesions",
+                             *volume_eval.ROLES}
         assert len(case["spacing_mm"]) == 3 and case["seconds"] > 0
-        for name in ("liver", "tumour"):
-            assert set(case["candidate"][name]) == set(METRIC_NAMES)
-    for role in ("candidate", "baseline"):
+        for role in volume_eval.ROLES:
+            for name in ("liver", "tumour"):
+                assert set(case[role][name]) == set(METRIC_NAMES)
+            assert isinstance(case["lesions"][role]["lesion_tp"], int), case["lesions"]
+    for role in volume_eval.ROLES:
         assert set(metrics["global"][role]) == {"liver", "tumour"}
         assert set(metrics["global"][role]["liver"]) == {"global_dice", "mean_dice"}
+        assert "lesion_recall" in metrics["lesions"][role]
+    assert metrics["inference"] == InferenceConfig().to_dict()
     assert metrics["seconds_per_volume"] > 0 and metrics["errors"] == []
     columns = ["case_id", "model"] + [f"{c}_{m}" for c in ("liver", "tumour")
                                       for m in METRIC_NAMES]
     assert rows[0] == columns
-    assert [r[:2] for r in rows[1:]] == [["volume-0", "candidate"], ["volume-0", "baseline"],
-                                         ["volume-1", "candidate"], ["volume-1", "baseline"]]
+    assert [r[:2] for r in rows[1:]] == [[f"volume-{i}", role] for i in (0, 1)
+                                         for role in volume_eval.ROLES]
     assert float(rows[1][2]) == metrics["cases"][0]["candidate"]["liver"]["dice"]
     # Two cases, fewer than worst_volumes=3: both, four slices each.
     assert sorted(npz.files) == sorted(f"volume-{i}__{p}" for i in (0, 1) for p in
@@ -144,11 +149,20 @@ def test_scores_match_predict_py_masks(evaluated, setup, tmp_path):
     cases, out, _ = evaluated
     metrics, _, npz = _read(out)
     for files, case in zip(cases, metrics["cases"]):
+        # The raw labels are predict.py's --no-postprocess masks.
+        raw_path = str(tmp_path / f"{files.case_id}_raw.nii.gz")
+        segmenter.segment_volume(setup[1], files.image_path, raw_path,
+                                 InferenceConfig(postprocess=False))
+        raw = np.asanyarray(nib.load(raw_path).dataobj)
+        truth_raw = np.rint(nib.load(files.label_path).get_fdata())
+        assert case["candidate"]["liver"]["dice"] == pytest.approx(
+            dice_numpy(raw > 0, truth_raw > 0), 1e-9)
+        # The post-processed ones, and the worst slices, are its default masks.
         mask_path = str(tmp_path / f"{files.case_id}_mask.nii.gz")
         segmenter.segment_volume(setup[1], files.image_path, mask_path)
         mask_img, truth_img = nib.load(mask_path), nib.load(files.label_path)
         mask, truth = np.asanyarray(mask_img.dataobj), np.rint(truth_img.get_fdata())
-        scores = case["candidate"]
+        scores = case["candidate_postprocessed"]
         assert scores["liver"]["dice"] == pytest.approx(dice_numpy(mask > 0, truth > 0), 1e-9)
         assert scores["tumour"]["dice"] == pytest.approx(dice_numpy(mask == 2, truth == 2),
                                                          1e-9)
@@ -188,7 +202,9 @@ def test_classes_follow_the_candidates_channels(setup):
     assert case["baseline"]["liver"] == one["cases"][0]["candidate"]["liver"]
     assert case["candidate"]["liver"] == one["cases"][0]["baseline"]["liver"]
     with open(os.path.join(work, "three", "metrics.csv")) as f:
-        assert f.read().splitlines()[2].endswith(",".join([""] * 9))  # baseline: no tumour
+        rows = {tuple(line.split(",")[:2]): line for line in f.read().splitlines()[1:]}
+    for role in ("baseline", "baseline_postprocessed"):              # no tumour
+        assert rows[(case["case_id"], role)].endswith(",".join([""] * 9)), rows
 
 
 def test_command_line_evaluates_the_examplegen_eval_split(setup, capsys):
@@ -303,10 +319,10 @@ def test_a_manifest_case_keeps_its_id_and_a_failing_baseline_counts_nowhere(setu
         def __getattr__(self, name):
             return getattr(self.model, name)
 
-        def segment(self, case, batch_size, threshold):
+        def segment(self, case, options):
             if case.case_id == "first":
                 raise MemoryError("out of memory")
-            return self.model.segment(case, batch_size, threshold)
+            return self.model.segment(case, options)
 
     load_models = volume_eval.load_models
 

@@ -42,6 +42,8 @@ class VolumeEval:
     worst: Dict[str, WorstSlices]
     errors: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     settings_yaml: Optional[str] = None   # the run's settings.yaml, when the folder holds one
+    lesions: Optional[Dict[str, Any]] = None     # {role: pooled lesion figures} (tumour models)
+    inference: Optional[Dict[str, Any]] = None   # the InferenceConfig it ran with
 
     @property
     def has_baseline(self) -> bool:
@@ -69,6 +71,7 @@ def read_volume_eval(folder: str) -> VolumeEval:
         global_dice=metrics.get("global") or {},
         seconds_per_volume=metrics.get("seconds_per_volume"),
         worst=worst, errors=list(metrics.get("errors") or []),
+        lesions=metrics.get("lesions"), inference=metrics.get("inference"),
         settings_yaml=storage.read_text(settings_path) if storage.exists(settings_path) else None)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from evaluation.report import sections
 from evaluation.report.header import ReportData, header
+from evaluation.report.postprocessing import postprocessing_section
 from evaluation.report.tables import SORT_SCRIPT
 
 STYLE = """
@@ -42,6 +43,7 @@ pre { background: #f6f6f6; padding: .6em; white-space: pre-wrap; word-break: bre
 
 def render_page(data: ReportData) -> str:
     body = "".join([header(data), sections.volume_tables(data), sections.plot_section(data),
+                    postprocessing_section(data),
                     sections.tfma_section(data), sections.worst_slices_section(data),
                     sections.settings_section(data), sections.command_section(data)])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
