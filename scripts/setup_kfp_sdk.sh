@@ -17,7 +17,9 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]]; then
 fi
 echo "setup: creating $KFP_VENV with the kfp SDK ($LOCK)"
 # The same interpreter as .venv (Python 3.10), as a venv of its own: nothing shared with .venv.
-BASE=$("$VENV/bin/python" -c 'import sys; print(sys.base_prefix)')/bin/python3
+BASE=$("$VENV/bin/python" -c 'import os, sys
+exe = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+print(exe if os.path.exists(exe) else sys._base_executable)')
 "$BASE" -m venv --clear "$KFP_VENV"
 "$KFP_VENV/bin/python" -m pip install --quiet --upgrade "pip<25"
 "$KFP_VENV/bin/python" -m pip install --quiet --no-deps -r "$LOCK"
