@@ -79,7 +79,7 @@ def postprocessing_section(data: ReportData) -> str:
     parts = ["<section><h2>Post-processing and lesions</h2><p>The candidate on its own labels "
              "and after the 3-D post-processing (the largest liver component, enclosed holes "
              "filled, tumour only inside the liver and at least "
-             f"{_fmt(inference.get('min_tumour_volume_mm3'))} mm&sup3;). predict.py's "
+             f"{inference.get('min_tumour_volume_mm3', 10.0):g} mm&sup3;). predict.py's "
              f"setting for this run: <strong>{mode}</strong>; mirroring: "
              f"{escape(str(inference.get('mirror', 'none')))}. Lesions are matched at overlap "
              "above 0.5, the LiTS criterion.</p>",
