@@ -83,9 +83,6 @@ class ModelUnderTest:
             if lesion_case is not None:
                 self.scorings[role].lesions.add(lesion_case)
 
-    def roles(self) -> Tuple[str, str]:
-        return self.role, self.role + POSTPROCESSED
-
     def pooled_dice(self, role: str, classes: List[str]) -> Dict[str, Any]:
         """{class: {"global_dice", "mean_dice"}} of one role (None per class before a case)."""
         scoring = self.scorings.get(role)

@@ -26,7 +26,10 @@ import dataclasses
 
 from inference.postprocess import PostprocessSettings
 
-MIRRORS = ("none", "flips")
+# Test-time mirroring: for each mode, the in-plane axes of a [Z, H, W, K] stack to flip, one
+# subset per model pass (inference/segmenter.py mirrors each answer back and averages them).
+MIRROR_AXES = {"none": ((),), "flips": ((), (1,), (2,), (1, 2))}
+MIRRORS = tuple(MIRROR_AXES)
 
 
 @dataclasses.dataclass

@@ -14,8 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from inference.cases import load_input
-from inference.inference_config import MIRRORS as MIRROR_CHOICES
-from inference.inference_config import InferenceConfig
+from inference.inference_config import MIRROR_AXES, InferenceConfig
 from inference.model import ServeFn, check_model_dir, load_model
 from inference.postprocess import postprocess
 from inference.writers import write_mask
@@ -25,12 +24,6 @@ from preprocessing.slices import (SliceConfig, SliceRecord, model_grid_to_canoni
                                   volume_to_model_input)
 
 LOG = logging.getLogger(__name__)
-
-
-# Test-time mirroring: the in-plane axes of a [Z, H, W, K] stack flipped, each subset once. The
-# model's probabilities of a mirrored input are mirrored back and averaged with the others.
-MIRRORS = {"none": ((),), "flips": ((), (1,), (2,), (1, 2))}
-assert tuple(MIRRORS) == MIRROR_CHOICES
 
 
 def _serve_stacks(serve: ServeFn, case: CanonicalCase, stacks: np.ndarray,
@@ -52,17 +45,20 @@ def predict_probabilities(serve: ServeFn, case: CanonicalCase, config: SliceConf
     output channels: 1 liver, or 3 background / liver / tumour). mirror: "none", or "flips"
     (the mean over the input and its mirror images along the in-plane axes: 4x the model
     time)."""
-    if mirror not in MIRRORS:
-        raise ValueError(f"mirror must be one of {sorted(MIRRORS)}, got {mirror!r}")
+    if mirror not in MIRROR_AXES:
+        raise ValueError(f"mirror must be one of {sorted(MIRROR_AXES)}, got {mirror!r}")
     # Labels play no part in inference (they would only be resampled for nothing).
     stacks = volume_to_model_input(dataclasses.replace(case, labels=None), config)  # [Z,H,W,K]
+    passes = MIRROR_AXES[mirror]
     total = None
-    for axes in MIRRORS[mirror]:
+    for axes in passes:
         probs = _serve_stacks(serve, case, np.flip(stacks, axes) if axes else stacks,
                               batch_size)
         probs = np.flip(probs, axes) if axes else probs
-        total = probs.astype(np.float32) if total is None else total + probs
-    display = np.transpose(total / len(MIRRORS[mirror]), (1, 2, 0, 3))    # [H, W, Z, C]
+        total = probs if total is None else total + probs
+    if len(passes) > 1:
+        total = total / len(passes)
+    display = np.transpose(total, (1, 2, 0, 3))    # [H, W, Z, C]
     # The exact inverse of the ExampleGen's resampling (field of view or target spacing), one
     # channel at a time.
     return np.stack([model_grid_to_canonical(display[..., c], case, config, order=1)

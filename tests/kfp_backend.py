@@ -122,6 +122,12 @@ class KfpBackend:
     env: Dict[str, str] = dataclasses.field(default_factory=dict)
     records: Dict[int, dict] = dataclasses.field(default_factory=dict)
     _ids: "itertools.count" = dataclasses.field(default_factory=lambda: itertools.count(1))
+    _s3: object = None   # the launcher's S3 client, made on the first transfer
+
+    def launcher_s3(self):
+        if self._s3 is None:
+            self._s3 = s3_client(self.launcher_config, self.secrets)
+        return self._s3
 
     def pod_env(self, pod_disk: Path, task: str) -> Dict[str, str]:
         home = pod_disk / "home"
@@ -185,7 +191,7 @@ class KfpBackend:
         """The launcher's DownloadBlob (every object under the prefix) or UploadBlob."""
         if not uri.startswith("s3://"):
             return   # gs:// and minio:// are not exercised here
-        client = s3_client(self.launcher_config, self.secrets)
+        client = self.launcher_s3()
         if client is None:
             raise TaskFailed(
                 f"task {name!r}: KFP's launcher must {direction} {uri} with its own S3 client, and "
