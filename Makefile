@@ -4,10 +4,11 @@ PY     := $(VENV)/bin/python
 # Quieter TensorFlow C++ logs; Python logging still says what each component does.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup run test test-fast data image clean help
+.PHONY: setup run run-tumour test test-fast data image clean help
 
 help:
 	@echo "make run    - set up if needed, make the synthetic CT set, run the whole pipeline (demo)"
+	@echo "make run-tumour - the same with a liver + tumour model (profile tumour, outputs/tumour)"
 	@echo "make test   - set up if needed, run the test suite"
 	@echo "make setup  - create $(VENV) with Python 3.10 and the pinned stack"
 	@echo "make data   - only generate the built-in synthetic CT set (outputs/)"
@@ -19,6 +20,11 @@ setup:
 
 run: setup
 	$(PY) local_runner.py $(ARGS)
+
+# Liver and tumour (three classes), its own output folder: its models never compete for blessing
+# with make run's liver-only ones.
+run-tumour: setup
+	$(PY) local_runner.py --profile tumour --output_dir outputs/tumour $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,5 +1,7 @@
 """Times the whole pipeline (`make run`'s demo profile by default) from scratch: no cache, a fresh
-output folder. Prints each component's seconds, the eval Dice and, last, the total wall time.
+output folder. Prints each component's seconds, the eval Dice, the full-volume Dice per class
+(mean per case and global), for a tumour model the pooled lesion detection, and last the total
+wall time (`--profile tumour`: make run-tumour's run).
 
     .venv/bin/python bench/pipeline_demo.py [--profile demo] [--keep DIR]
 """
@@ -18,6 +20,10 @@ import local_runner  # noqa: E402
 from pipeline.summary import collect_run_summary  # noqa: E402
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--profile", default="demo")
@@ -32,6 +38,15 @@ def main() -> int:
         print(f"{name:32s} {seconds:8.1f} s")
     print(f"eval liver Dice {summary['eval_dice'].get('overall', float('nan')):.4f}, "
           f"blessed {summary.get('blessed')}, pushed {summary.get('pushed')}")
+    full = summary.get("full_volume") or {}
+    for name, pooled in (full.get("global") or {}).items():
+        if pooled:
+            print(f"full-volume {name} Dice: mean per case {_fmt(pooled['mean_dice'])}, "
+                  f"global {_fmt(pooled['global_dice'])}")
+    for role, pooled in sorted((full.get("lesions") or {}).items()):
+        print(f"lesions ({role}): recall {pooled['lesion_recall']} of {pooled['lesion_ref']}, "
+              f">= 10 mm {pooled['lesion_recall_ge10mm']}, precision "
+              f"{pooled['lesion_precision']}")
     print(f"pipeline wall time ({args.profile}, incl. synthetic data on first use): {total:.0f} s")
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)

@@ -47,6 +47,8 @@ Per case (LesionCase.metrics()):
                             blob spanning two detected lesions 1 of 1 (with tp 2); LiTS' script
                             divides tp by tp + fp, mixing counts of both kinds of lesion
   lesion_recall_<band>      detected / reference lesions of the band; lesion_ref_<band> their count
+  lesion_recall_ge10mm      detected / reference lesions of 10 mm and over (bands 10to20mm and
+                            gt20mm together: the lesions a detection bar is usually set on)
   tumour_burden_truth, tumour_burden_pred   tumour voxels / liver voxels (a ratio of volumes)
   tumour_burden_error       pred - truth, signed (> 0: too much tumour)
 
@@ -248,6 +250,8 @@ def _lesion_figures(tp: int, ref: int, matched: int, pred: int,
     for band, (hit, total) in bands.items():
         figures[f"lesion_recall_{band}"] = _ratio(hit, total)
         figures[f"lesion_ref_{band}"] = total
+    large = [bands[band] for band in BANDS[1:] if band in bands]
+    figures["lesion_recall_ge10mm"] = _ratio(sum(h for h, _ in large), sum(t for _, t in large))
     return figures
 
 

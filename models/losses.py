@@ -41,8 +41,10 @@ def _per_image_mean(x):
     return ops.mean(ops.reshape(x, (ops.shape(x)[0], -1)), axis=-1)
 
 
-def _per_image_sum(x):
-    return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=-1)
+def _per_image_channel_sum(x):
+    """[B, H, W, C] -> [B, C]: the overlap terms are taken per class, then averaged, so a small
+    class (tumour) weighs as much as a large one (liver) instead of vanishing in their sum."""
+    return ops.sum(x, axis=(1, 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,20 +69,32 @@ def focal_loss(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
     return _per_image_mean(fl)
 
 
-def iou_loss(y_true, y_pred, smooth: float = 1.0):
-    """Soft Jaccard loss 1 - (|T.P| + s) / (|T| + |P| - |T.P| + s), per image."""
-    y_true, y_pred = _prep(y_true, y_pred)
-    inter = _per_image_sum(y_true * y_pred)
-    union = _per_image_sum(y_true) + _per_image_sum(y_pred) - inter
-    return 1.0 - (inter + smooth) / (union + smooth)
+def _overlap_sums(y_true, y_pred, over_batch: bool):
+    """(|T.P|, |T|, |P|) per image and channel, [B, C]; `over_batch`: summed over the whole
+    batch first (nnU-Net's "batch Dice") and repeated per image, so a slice without tumour adds
+    no term of its own pushing the tumour channel to zero, and a small lesion is judged with
+    the batch's other lesions rather than alone."""
+    sums = [_per_image_channel_sum(y_true * y_pred), _per_image_channel_sum(y_true),
+            _per_image_channel_sum(y_pred)]
+    if over_batch:
+        sums = [ops.zeros_like(v) + ops.sum(v, axis=0, keepdims=True) for v in sums]
+    return sums
 
 
-def dice_loss(y_true, y_pred, smooth: float = 1.0):
-    """Soft Dice loss 1 - (2|T.P| + s) / (|T| + |P| + s), per image."""
+def iou_loss(y_true, y_pred, smooth: float = 1.0, over_batch: bool = False):
+    """Soft Jaccard loss 1 - (|T.P| + s) / (|T| + |P| - |T.P| + s), per image and channel, then
+    the mean over the channels."""
     y_true, y_pred = _prep(y_true, y_pred)
-    inter = _per_image_sum(y_true * y_pred)
-    denom = _per_image_sum(y_true) + _per_image_sum(y_pred)
-    return 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+    inter, true, pred = _overlap_sums(y_true, y_pred, over_batch)
+    return ops.mean(1.0 - (inter + smooth) / (true + pred - inter + smooth), axis=-1)
+
+
+def dice_loss(y_true, y_pred, smooth: float = 1.0, over_batch: bool = False):
+    """Soft Dice loss 1 - (2|T.P| + s) / (|T| + |P| + s), per image and channel, then the mean
+    over the channels."""
+    y_true, y_pred = _prep(y_true, y_pred)
+    inter, true, pred = _overlap_sums(y_true, y_pred, over_batch)
+    return ops.mean(1.0 - (2.0 * inter + smooth) / (true + pred + smooth), axis=-1)
 
 
 def _gaussian_1d(size: int, sigma: float):
@@ -233,32 +247,39 @@ class BCELoss(_SegLoss):
 
 
 class _SmoothedOverlapLoss(_SegLoss):
-    """Base of the overlap losses with a smoothing term: `overlap_loss(y_true, y_pred, smooth)`."""
+    """Base of the overlap losses with a smoothing term: `overlap_loss(y_true, y_pred, smooth,
+    over_batch)`. batch_overlap: taken over the whole batch (see _overlap_sums)."""
     overlap_loss = None   # set by each subclass (a staticmethod)
-    config_fields = ("smooth",)
+    config_fields = ("smooth", "batch_overlap")
 
-    def __init__(self, smooth=1.0, skip_background=None, name=None, **kwargs):
+    def __init__(self, smooth=1.0, batch_overlap=False, skip_background=None, name=None,
+                 **kwargs):
         super().__init__(skip_background=skip_background, name=name, **kwargs)
         self.smooth = float(smooth)
+        self.batch_overlap = bool(batch_overlap)
 
     def per_image(self, y_true, y_pred):
-        return self.overlap_loss(y_true, y_pred, self.smooth)
+        return self.overlap_loss(y_true, y_pred, self.smooth, self.batch_overlap)
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class DiceLoss(_SmoothedOverlapLoss):
     overlap_loss = staticmethod(dice_loss)
 
-    def __init__(self, smooth=1.0, skip_background=None, name="dice_loss", **kwargs):
-        super().__init__(smooth=smooth, skip_background=skip_background, name=name, **kwargs)
+    def __init__(self, smooth=1.0, batch_overlap=False, skip_background=None, name="dice_loss",
+                 **kwargs):
+        super().__init__(smooth=smooth, batch_overlap=batch_overlap,
+                         skip_background=skip_background, name=name, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class IoULoss(_SmoothedOverlapLoss):
     overlap_loss = staticmethod(iou_loss)
 
-    def __init__(self, smooth=1.0, skip_background=None, name="iou_loss", **kwargs):
-        super().__init__(smooth=smooth, skip_background=skip_background, name=name, **kwargs)
+    def __init__(self, smooth=1.0, batch_overlap=False, skip_background=None, name="iou_loss",
+                 **kwargs):
+        super().__init__(smooth=smooth, batch_overlap=batch_overlap,
+                         skip_background=skip_background, name=name, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")
@@ -288,30 +309,35 @@ class MSSSIMLoss(_SegLoss):
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class BCEDiceLoss(_SegLoss):
-    config_fields = ("w_bce", "w_dice")
+    config_fields = ("w_bce", "w_dice", "batch_overlap")
 
-    def __init__(self, w_bce=1.0, w_dice=1.0, skip_background=None, name="bce_dice_loss", **kwargs):
+    def __init__(self, w_bce=1.0, w_dice=1.0, batch_overlap=False, skip_background=None,
+                 name="bce_dice_loss", **kwargs):
         super().__init__(skip_background=skip_background, name=name, **kwargs)
         self.w_bce, self.w_dice = float(w_bce), float(w_dice)
+        self.batch_overlap = bool(batch_overlap)
 
     def per_image(self, y_true, y_pred):
-        return self.w_bce * bce_loss(y_true, y_pred) + self.w_dice * dice_loss(y_true, y_pred)
+        return (self.w_bce * bce_loss(y_true, y_pred)
+                + self.w_dice * dice_loss(y_true, y_pred, over_batch=self.batch_overlap))
 
 
 @keras.saving.register_keras_serializable(package="unet3plus")
 class HybridLoss(_SegLoss):
-    """UNet 3+ hybrid loss: w_focal * focal + w_ms_ssim * (1 - MS-SSIM) + w_iou * IoU loss."""
+    """UNet 3+ hybrid loss: w_focal * focal + w_ms_ssim * (1 - MS-SSIM) + w_iou * IoU loss
+    (batch_overlap: the IoU over the whole batch)."""
     config_fields = ("w_focal", "w_ms_ssim", "w_iou", "alpha", "gamma", "filter_size",
-                     "filter_sigma", "iou_smooth")
+                     "filter_sigma", "iou_smooth", "batch_overlap")
 
     def __init__(self, w_focal=1.0, w_ms_ssim=1.0, w_iou=1.0, alpha=0.25, gamma=2.0,
-                 filter_size=11, filter_sigma=1.5, iou_smooth=1.0, skip_background=None,
-                 name="hybrid_loss", **kwargs):
+                 filter_size=11, filter_sigma=1.5, iou_smooth=1.0, batch_overlap=False,
+                 skip_background=None, name="hybrid_loss", **kwargs):
         super().__init__(skip_background=skip_background, name=name, **kwargs)
         self.w_focal, self.w_ms_ssim, self.w_iou = float(w_focal), float(w_ms_ssim), float(w_iou)
         self.alpha, self.gamma = float(alpha), float(gamma)
         self.filter_size, self.filter_sigma = int(filter_size), float(filter_sigma)
         self.iou_smooth = float(iou_smooth)
+        self.batch_overlap = bool(batch_overlap)
 
     def per_image(self, y_true, y_pred):
         total = 0.0
@@ -321,7 +347,8 @@ class HybridLoss(_SegLoss):
             total = total + self.w_ms_ssim * ms_ssim_loss(y_true, y_pred, 1.0, self.filter_size,
                                                           self.filter_sigma)
         if self.w_iou:
-            total = total + self.w_iou * iou_loss(y_true, y_pred, self.iou_smooth)
+            total = total + self.w_iou * iou_loss(y_true, y_pred, self.iou_smooth,
+                                                  self.batch_overlap)
         return total
 
 

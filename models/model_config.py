@@ -18,9 +18,10 @@ ENCODERS = ("unet3plus", "vgg16", "vgg19", "resnet50")
 # tests/test_models.py checks both against the loss classes.
 LOSS_PARAMETERS = {
     "hybrid": ("w_focal", "w_ms_ssim", "w_iou", "alpha", "gamma", "filter_size", "filter_sigma",
-               "iou_smooth"),
-    "dice": ("smooth",), "bce": (), "focal": ("alpha", "gamma"), "iou": ("smooth",),
-    "ms_ssim": ("filter_size", "filter_sigma"), "bce_dice": ("w_bce", "w_dice"),
+               "iou_smooth", "batch_overlap"),
+    "dice": ("smooth", "batch_overlap"), "bce": (), "focal": ("alpha", "gamma"),
+    "iou": ("smooth", "batch_overlap"), "ms_ssim": ("filter_size", "filter_sigma"),
+    "bce_dice": ("w_bce", "w_dice", "batch_overlap"),
 }
 LOSSES = tuple(LOSS_PARAMETERS)
 
@@ -52,6 +53,7 @@ class ModelConfig:
     loss: str = "hybrid"                                 # one of LOSSES (hybrid: the paper's)
     # The loss's own weights by name, e.g. {"w_focal": 1, "w_ms_ssim": 0.5, "w_iou": 1} for
     # hybrid or {"w_bce": 1, "w_dice": 2} for bce_dice (models/losses.py); {}: all 1.
+    # batch_overlap: 1 takes the Dice / IoU term over the whole batch (small lesions).
     loss_weights: Dict[str, float] = dataclasses.field(default_factory=dict)
     deep_supervision_weight: float = 1.0   # weight of each side output's loss (ds variants)
     cgm_weight: float = 1.0                # weight of the organ classifier's BCE (ds_cgm)

@@ -29,7 +29,7 @@ from trainer.train_config import (INPUTS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, 
                                   TrainConfig)
 
 PIPELINE_NAME = "unet3plus-liver"
-PROFILES = ("tiny", "demo", "paper")
+PROFILES = ("tiny", "demo", "tumour", "paper")
 # The values a setting with a fixed set of choices takes, from the modules that use them: the
 # settings checks, the runners' flags and the settings reference offer exactly these.
 CHOICES = {
@@ -105,6 +105,24 @@ def profile_config(profile: str) -> PipelineConfig:
             train=TrainConfig(train_steps=750, eval_steps=10, batch_size=8, steps_per_epoch=125,
                               learning_rate=2e-3, augment=AugmentConfig(enabled=False)),
             evaluation=EvalConfig(dice_lower_bound=0.85),
+        )
+    if profile == "tumour":
+        # make run's size with a tumour class (make run-tumour); measured in docs/training.md.
+        # The loss is what learns tumours: BCE + Dice with the Dice over the batch. Per slice,
+        # each tumour-free slice (three in four) pushes the tumour channel to zero with a term
+        # of its own: the paper's hybrid loss and BCE + per-slice Dice predicted no tumour
+        # pixel at all. Tumour slices read 4x per pass and 1200 steps (1.5x make run's time):
+        # tumour Dice 0.719 -> 0.774, lesion recall 0.6 -> 0.8 over 750 steps without repeats.
+        # 16 volumes so that 4 (and their lesions) are scored.
+        demo = profile_config("demo")
+        return dataclasses.replace(
+            demo,
+            synthetic=dataclasses.replace(demo.synthetic, num_cases=16),
+            transform=TransformConfig(classes="liver_tumor"),
+            model=dataclasses.replace(demo.model, loss="bce_dice",
+                                      loss_weights={"batch_overlap": 1.0}),
+            train=dataclasses.replace(demo.train, tumour_slice_repeat=4, train_steps=1200,
+                                      steps_per_epoch=150),
         )
     if profile == "paper":
         return PipelineConfig(

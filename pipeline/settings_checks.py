@@ -43,6 +43,7 @@ _RANGES: Dict[str, tuple] = {
     "train.steps_per_epoch": (1, None, "at least 1"),
     "train.cpu_replicas": (1, None, "at least 1"),
     "train.shuffle_buffer": (1, None, "at least 1"),
+    "train.tumour_slice_repeat": (1, None, "at least 1 (1: every slice once per pass)"),
     "train.augment.probability": (0.0, 1.0, "a probability in [0, 1]"),
 }
 

@@ -129,7 +129,10 @@ def _full_volume_summary(uri: str) -> Dict[str, Any]:
                                      for name in metrics["classes"]}
                       for c in metrics["cases"]},
             "errors": [f"{e['case_id']}: {e['reason']} ({e['file']})"
-                       for e in metrics.get("errors", [])]}
+                       for e in metrics.get("errors", [])],
+            # Tumour models: pooled lesion detection, raw and post-processed.
+            "lesions": {role: pooled for role, pooled in (metrics.get("lesions") or {}).items()
+                        if role.startswith("candidate") and pooled}}
     report = storage.join(uri, EVAL_REPORT_FILE)
     if storage.exists(report):
         out["report"] = report
@@ -149,6 +152,12 @@ def _format_full_volume(full: Dict[str, Any]) -> List[str]:
         lines.append(f"  {case_id}: " + ", ".join(f"{name} {dice(value)}"
                                                    for name, value in per_class.items()))
     lines += [f"  not evaluated: {error}" for error in full["errors"]]
+    for role, pooled in sorted(full.get("lesions", {}).items()):
+        lines.append(
+            f"Lesions ({role.replace('candidate', 'model').replace('_', ' ')}; LiTS: found at "
+            f"overlap > 0.5): recall {dice(pooled['lesion_recall'])} of "
+            f"{pooled['lesion_ref']}, >= 10 mm {dice(pooled.get('lesion_recall_ge10mm'))}, "
+            f"precision {dice(pooled['lesion_precision'])} of {pooled['lesion_pred']} predicted")
     return lines
 
 

@@ -125,6 +125,52 @@ def test_dali_cache_reused_and_rebuilt_without_marker(tmp_path):
     assert dali_input.cache_key(files[:1]) != dali_input.cache_key(files)
 
 
+def _write_tumour_flagged(directory, n=12):
+    """One gzip shard of n records; organ = the record's number, has_tumor = 1 for every third."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(str(directory), "part-00000.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for number in range(n):
+            floats = {"image": np.full((H, W, K), number, np.float32),
+                      "mask": np.zeros((H, W, 1), np.float32),
+                      "organ": np.array([number], np.float32)}
+            feature = {k: tf.train.Feature(float_list=tf.train.FloatList(value=v.ravel()))
+                       for k, v in floats.items()}
+            feature["has_tumor"] = tf.train.Feature(
+                int64_list=tf.train.Int64List(value=[int(number % 3 == 0)]))
+            writer.write(tf.train.Example(
+                features=tf.train.Features(feature=feature)).SerializeToString())
+    spec = {"image": tf.io.FixedLenFeature([H, W, K], tf.float32),
+            "mask": tf.io.FixedLenFeature([H, W, 1], tf.float32),
+            "organ": tf.io.FixedLenFeature([1], tf.float32)}
+    return path, spec
+
+
+def test_tumour_slices_are_read_repeat_times_per_pass(tmp_path):
+    """train.tumour_slice_repeat: with 3, the 4 tumour records of 12 come 3 times each in a
+    pass of 20 records, in both inputs; the others once."""
+    path, spec = _write_tumour_flagged(tmp_path / "data")
+    expected = {n: 3 if n % 3 == 0 else 1 for n in range(12)}
+
+    def counts(dataset, batches):
+        numbers = np.concatenate([y["organ"].ravel() for _, y in _batches(dataset, batches)])
+        return {int(n): int(c) for n, c in zip(*np.unique(numbers, return_counts=True))}
+
+    tfdata = inputs.make_dataset([path], spec, ["mask", "organ"], 4, shuffle=True,
+                                 shuffle_buffer=64, tumour_repeat=3)
+    assert counts(tfdata, 5) == expected
+    dali = inputs.make_dali_input([path], spec, ["mask", "organ"], 4, shuffle=False,
+                                  cache_dir=str(tmp_path / "cache"), tumour_repeat=3)
+    assert counts(dali, 5) == expected
+    shards = dali_input.prepare_shards([path], str(tmp_path / "cache"), tumour_repeat=3)
+    assert not shards.built and shards.directory.endswith("-tumour3")   # its own cache entry
+    with open(os.path.join(shards.directory, dali_input.MARKER)) as f:
+        assert json.load(f)["records"] == [20]
+    plain = inputs.make_dataset([path], spec, ["mask", "organ"], 4, shuffle=True,
+                                shuffle_buffer=64)
+    assert counts(plain, 3) == {n: 1 for n in range(12)}
+
+
 # --- (c) augmentation -----------------------------------------------------------------------
 
 def _boundary(mask: np.ndarray) -> np.ndarray:

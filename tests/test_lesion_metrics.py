@@ -158,6 +158,7 @@ def test_recall_per_size_band_with_anisotropic_voxels():
     assert metrics["lesion_recall_gt20mm"] == 0.0
     assert [metrics[f"lesion_ref_{b}"] for b in ("lt10mm", "10to20mm", "gt20mm")] == [2, 1, 1]
     assert metrics["lesion_recall"] == 0.5
+    assert metrics["lesion_recall_ge10mm"] == 0.5          # the 12.51 mm found, the 21.38 missed
     only_small = measure_lesions(label_map(boxes(shape, small)), label_map(pred), spacing)
     assert only_small.metrics()["lesion_recall_gt20mm"] is None          # no lesion in the band
 
@@ -216,6 +217,7 @@ def test_pooling_two_cases_and_an_empty_one():
     assert pooled["lesion_precision"] == pytest.approx(3 / 5)
     assert pooled["lesion_recall_lt10mm"] == pytest.approx(2 / 3)
     assert pooled["lesion_recall_10to20mm"] is None and pooled["lesion_ref_lt10mm"] == 3
+    assert pooled["lesion_recall_ge10mm"] is None           # no lesion of 10 mm or more
     assert pooled["tumour_burden_error_mean"] == pytest.approx(sum(errors) / 2)
     assert pooled["tumour_burden_error_rmse"] == pytest.approx(
         math.sqrt((errors[0] ** 2 + errors[1] ** 2) / 2))
@@ -237,7 +239,7 @@ def test_the_dicts_are_plain_json():
     bands = ("lt10mm", "10to20mm", "gt20mm")
     per_case = {"lesion_ref", "lesion_pred", "lesion_tp", "lesion_fn", "lesion_fp",
                 "lesion_recall", "lesion_precision", *(f"lesion_recall_{b}" for b in bands),
-                *(f"lesion_ref_{b}" for b in bands)}
+                *(f"lesion_ref_{b}" for b in bands), "lesion_recall_ge10mm"}
     burden = {"tumour_burden_truth", "tumour_burden_pred", "tumour_burden_error"}
     pooled = {"tumour_burden_error_mean", "tumour_burden_error_rmse",
               "tumour_burden_error_max_abs", "cases"}

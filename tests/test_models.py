@@ -265,6 +265,41 @@ def test_softmax_losses_skip_background():
         assert float(L.get_loss(name, skip_background=False)(y, p)) > 1e-3, name
 
 
+def test_overlap_losses_weigh_each_class_alike():
+    """A missed small tumour costs as much as a missed liver: Dice and IoU are taken per channel
+    and averaged, not over the channels' sum, where the large liver would hide the tumour."""
+    liver = blob_masks(1, 64)
+    tumour = np.zeros_like(liver)
+    tumour[:, 30:33, 30:33] = 1.0          # 9 pixels beside a liver of hundreds
+    liver = liver * (1.0 - tumour)
+    y = np.concatenate([1.0 - liver - tumour, liver, tumour], -1)
+    p = np.concatenate([1.0 - liver, liver, np.zeros_like(tumour)], -1)   # tumour missed
+    for name in ("dice", "iou"):
+        value = float(L.get_loss(name, smooth=1e-3)(y, p))
+        assert value == pytest.approx(0.5, abs=0.01), (name, value)
+
+
+def test_batch_overlap_judges_the_batch_not_each_slice():
+    """With batch_overlap a tumour-free slice adds no Dice term of its own: a batch of one slice
+    with its tumour found and one empty slice scores ~0 over the batch, while per image the
+    empty slice's tiny false positive counts as a whole miss."""
+    tumour = np.zeros((2, 32, 32, 1), np.float32)
+    tumour[0, 10:16, 10:16] = 1.0
+    pred = tumour.copy()
+    pred[1, 0, 0] = 0.5                       # a speck on the tumour-free slice
+    per_image = _np(L.dice_loss(tumour, pred, smooth=1e-3))
+    over_batch = _np(L.dice_loss(tumour, pred, smooth=1e-3, over_batch=True))
+    assert per_image[1] > 0.9 and per_image[0] < 0.01
+    np.testing.assert_allclose(over_batch, over_batch[0])          # one value, repeated
+    assert over_batch[0] < 0.01
+    for name in ("dice", "iou", "bce_dice", "hybrid"):
+        loss = L.get_loss(name, batch_overlap=1.0)
+        assert loss.batch_overlap is True
+        back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+        assert back.batch_overlap is True, name
+        assert float(loss(tumour, pred)) < float(L.get_loss(name)(tumour, pred)), name
+
+
 def test_loss_serialization():
     loss = L.HybridLoss(w_focal=2.0, w_ms_ssim=0.5, w_iou=1.5)
     cfg = keras.saving.serialize_keras_object(loss)

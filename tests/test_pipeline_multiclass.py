@@ -90,6 +90,10 @@ def test_evaluation_has_liver_and_tumor_dice(multiclass_run):
         assert any(k.startswith("volume_id=") for k in values), f"no per-volume {key}"
     text = format_run_summary(summary)
     assert "Eval liver and tumour Dice" in text and ", tumour " in text
+    # The full-volume evaluation's pooled lesion detection, raw and post-processed.
+    assert set(summary["full_volume"]["lesions"]) == {"candidate", "candidate_postprocessed"}
+    assert "Lesions (model; LiTS: found at overlap > 0.5): recall " in text
+    assert "Lesions (model postprocessed;" in text
 
 
 def test_examples_carry_real_hu_and_both_labels(multiclass_run):

@@ -88,9 +88,18 @@ def _decompress(source: str, target: str) -> None:
         shutil.copyfileobj(unzipped, out, 1 << 22)
 
 
-def write_index(record_path: str, index_path: str) -> int:
+def _has_tumor(f, offset: int, record: int) -> bool:
+    f.seek(offset + 12)
+    example = tf.train.Example.FromString(f.read(record - 16))
+    values = example.features.feature[F.HAS_TUMOR].int64_list.value
+    return bool(values and values[0])
+
+
+def write_index(record_path: str, index_path: str, tumour_repeat: int = 1) -> int:
     """Writes DALI's index of an uncompressed TFRecord file: one "offset size" line per record
-    (record = 8-byte length, 4-byte CRC, data, 4-byte CRC). Returns the number of records."""
+    (record = 8-byte length, 4-byte CRC, data, 4-byte CRC). Returns the number of records.
+    tumour_repeat > 1: a record with has_tumor = 1 gets that many lines, so DALI's reader reads
+    it that many times per epoch (tumour-rich sampling without copying any data)."""
     size = os.path.getsize(record_path)
     lines, offset = [], 0
     with open(record_path, "rb") as f:
@@ -102,21 +111,23 @@ def write_index(record_path: str, index_path: str) -> int:
             record = 16 + struct.unpack("<Q", header)[0]
             if offset + record > size:
                 raise ValueError(f"{record_path}: truncated record at byte {offset}")
-            lines.append(f"{offset} {record}\n")
+            times = tumour_repeat if tumour_repeat > 1 and _has_tumor(f, offset, record) else 1
+            lines.extend([f"{offset} {record}\n"] * times)
             offset += record
     with open(index_path, "w") as f:
         f.writelines(lines)
     return len(lines)
 
 
-def prepare_shards(files: Sequence[str], cache_dir: str) -> DaliShards:
+def prepare_shards(files: Sequence[str], cache_dir: str, tumour_repeat: int = 1) -> DaliShards:
     """Uncompressed copies + index files of the gzip TFRecord `files`, built once per set of
-    files under `cache_dir` (a local directory: DALI reads local files) and reused after."""
+    files (and tumour_repeat, see write_index) under `cache_dir` (a local directory: DALI
+    reads local files) and reused after."""
     if storage.is_uri(cache_dir):
         raise ValueError(f"DALI's cache must be a local folder (DALI reads local files only), "
                          f"got {cache_dir}")
     files = sorted(files)
-    key = cache_key(files)
+    key = cache_key(files) + (f"-tumour{tumour_repeat}" if tumour_repeat > 1 else "")
     final = os.path.join(cache_dir, key)
     names = [f"shard-{i:05d}" for i in range(len(files))]
     shards = DaliShards(tuple(os.path.join(final, n + ".tfrecord") for n in names),
@@ -134,7 +145,7 @@ def prepare_shards(files: Sequence[str], cache_dir: str) -> DaliShards:
         for source, name in zip(files, names):
             record = os.path.join(tmp, name + ".tfrecord")
             _decompress(source, record)
-            counts.append(write_index(record, os.path.join(tmp, name + ".idx")))
+            counts.append(write_index(record, os.path.join(tmp, name + ".idx"), tumour_repeat))
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump({"sources": files, "records": counts}, f)
         try:

@@ -74,16 +74,26 @@ def _augment_fn(cfg: AugmentConfig, seed: int, affine: bool = True, intensity: b
     return fn
 
 
+def _repeat_tumour_record(record: tf.Tensor, times: int) -> tf.data.Dataset:
+    has_tumor = tf.io.parse_single_example(
+        record, {F.HAS_TUMOR: tf.io.FixedLenFeature([], tf.int64, default_value=0)})[F.HAS_TUMOR]
+    return tf.data.Dataset.from_tensors(record).repeat(
+        tf.where(has_tumor > 0, tf.constant(times, tf.int64), tf.constant(1, tf.int64)))
+
+
 def make_dataset(file_patterns: Sequence[str], transformed_feature_spec: Dict,
                  output_names: Sequence[str], batch_size: int, shuffle: bool,
                  shuffle_buffer: int = 256, repeat: bool = True, seed: int = 0,
-                 augment=None, shard: Optional[Tuple[int, int]] = None) -> tf.data.Dataset:
+                 augment=None, shard: Optional[Tuple[int, int]] = None,
+                 tumour_repeat: int = 1) -> tf.data.Dataset:
     """tf.data input. Without shuffling, records come file by file in sorted order, as DALI's
     reader gives them, so the two inputs can be compared batch for batch. `augment`: an
     AugmentConfig or its dict (None or enabled=False: none). `shard`: (count, index): keep
     every count-th record from the index-th; every worker reads the same stream (the order is
     then deterministic), so the shards partition it, and batch i of the `count` workers
-    together holds the records of batch i of one unsharded reader of `count` x `batch_size`."""
+    together holds the records of batch i of one unsharded reader of `count` x `batch_size`.
+    `tumour_repeat` (shuffled input only): each record with has_tumor = 1 comes that many times,
+    before the shuffle buffer, which spreads the copies over batches."""
     spec = {k: transformed_feature_spec[k] for k in dali_input.FEATURES}
     files = _list_files(file_patterns)
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -92,6 +102,8 @@ def make_dataset(file_patterns: Sequence[str], transformed_feature_spec: Dict,
         ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                            cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
                            deterministic=shard is not None)
+        if tumour_repeat > 1:
+            ds = ds.flat_map(lambda record: _repeat_tumour_record(record, tumour_repeat))
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     else:
         ds = tf.data.TFRecordDataset(ds, compression_type="GZIP", buffer_size=1 << 22)
@@ -172,12 +184,13 @@ def make_dali_input(files: Sequence[str], transformed_feature_spec: Dict,
                     output_names: Sequence[str], batch_size: int, shuffle: bool, cache_dir: str,
                     strategy: Optional[tf.distribute.Strategy] = None,
                     augment=None, shuffle_buffer: int = 256, seed: int = 0,
-                    op_device: Optional[str] = None, num_threads: Optional[int] = None):
+                    op_device: Optional[str] = None, num_threads: Optional[int] = None,
+                    tumour_repeat: int = 1):
     """DALI input; `batch_size` is global. One replica: a DALIDataset (tf.data.Dataset). Several:
     a distributed dataset with one DALI pipeline per replica, each reading its shard."""
     op_device = op_device or operator_device()
     cfg = augment_config(augment) if augment is not None else None
-    shards = dali_input.prepare_shards(_list_files(files), cache_dir)
+    shards = dali_input.prepare_shards(_list_files(files), cache_dir, tumour_repeat)
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     if batch_size % replicas:
         raise ValueError(f"batch size {batch_size} is not divisible by {replicas} replicas")
@@ -238,11 +251,14 @@ def make_input_datasets(train_files: Sequence[str], eval_files: Sequence[str],
     augment = train_cfg.augment
     batch = train_cfg.batch_size
     buffer = train_cfg.shuffle_buffer
+    repeat = train_cfg.tumour_slice_repeat
     aug_text = describe_augmentation(augment)
+    if repeat > 1:
+        aug_text += f"; training slices with tumour read {repeat}x per pass"
     if kind == "tfdata" and is_multi_worker(strategy):
         train_ds = _per_worker(strategy, batch, train_files, transformed_feature_spec,
                                output_names, shuffle=True, shuffle_buffer=buffer, seed=seed,
-                               augment=augment)
+                               augment=augment, tumour_repeat=repeat)
         eval_ds = _per_worker(strategy, batch, eval_files, transformed_feature_spec,
                               output_names, shuffle=False)
         description = (f"tf.data ({why}), global batch {batch} = "
@@ -251,7 +267,7 @@ def make_input_datasets(train_files: Sequence[str], eval_files: Sequence[str],
     elif kind == "tfdata":
         train_ds = make_dataset(train_files, transformed_feature_spec, output_names, batch,
                                 shuffle=True, shuffle_buffer=buffer, seed=seed,
-                                augment=augment)
+                                augment=augment, tumour_repeat=repeat)
         eval_ds = make_dataset(eval_files, transformed_feature_spec, output_names, batch,
                                shuffle=False)
         description = f"tf.data ({why}); {aug_text}"
@@ -262,7 +278,8 @@ def make_input_datasets(train_files: Sequence[str], eval_files: Sequence[str],
                       output_names=output_names, batch_size=batch, cache_dir=cache_dir,
                       strategy=strategy, op_device=op_device)
         train_ds = make_dali_input(train_files, shuffle=True, augment=augment,
-                                   shuffle_buffer=buffer, seed=seed, **common)
+                                   shuffle_buffer=buffer, seed=seed, tumour_repeat=repeat,
+                                   **common)
         eval_ds = make_dali_input(eval_files, shuffle=False, **common)
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
         elastic = (" (elastic, then intensity, as TF ops after DALI: DALI has no CPU remap)"

@@ -36,6 +36,9 @@ class TrainConfig:
     shuffle_buffer: int = 256   # examples; TFX's default of 10,000 images would need GBs
     steps_per_epoch: int = 100  # how often validation and TensorBoard run
     input: str = "auto"         # one of INPUTS (auto: dali when its TF plugin imports, else tfdata)
+    # Tumour-rich sampling: each training slice with tumour is read this many times per pass
+    # over the data (1: as stored). Both inputs (trainer/inputs.py, trainer/dali_input.py).
+    tumour_slice_repeat: int = 1
     seed: int = 0               # weights, shuffling and augmentation: a rerun trains the same
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 

@@ -32,7 +32,7 @@ command line; `python -m preprocessing.synthetic_ct`).
 from preprocessing.synthetic_ct.case import (DEFAULT_SLICES_RANGE, ORIENTATIONS, SCALING_CYCLE,
                                              SCALINGS, SyntheticCase, generate_case)
 from preprocessing.synthetic_ct.cli import main
-from preprocessing.synthetic_ct.phantom import BACKGROUND, LIVER, TUMOUR
+from preprocessing.synthetic_ct.lesions import BACKGROUND, LIVER, TUMOUR
 from preprocessing.synthetic_ct.writer import (GENERATOR_VERSION, MANIFEST_NAME, case_filenames,
                                                ensure_dataset, read_manifest, write_dataset)
 

@@ -129,7 +129,7 @@ def generate_case(
 
     rng = np.random.default_rng([int(seed), int(case_index)])
     n_slices, in_plane_mm, slice_mm = case_geometry(rng, slices_range)
-    grid = make_grid(in_plane, n_slices, slice_mm)
+    grid = make_grid(in_plane, n_slices, slice_mm, in_plane_mm)
     hu, labels, n_tumours = build_phantom(rng, grid)
 
     spacing = (in_plane_mm, in_plane_mm, slice_mm)

@@ -15,16 +15,17 @@ class Grid:
     xs: np.ndarray  # (n,), +x = patient's Right
     ys: np.ndarray  # (n,), +y = Anterior
     zs: np.ndarray  # (nz,), +z = Superior, 0 at the slab centre
+    mm_per_fov_unit: float = 1.0  # mm per unit of x or y: half the in-plane field of view
 
     @property
     def shape(self) -> Tuple[int, int, int]:
         return (self.xs.size, self.ys.size, self.zs.size)
 
 
-def make_grid(in_plane: int, n_slices: int, slice_mm: float) -> Grid:
+def make_grid(in_plane: int, n_slices: int, slice_mm: float, in_plane_mm: float = 0.75) -> Grid:
     xy = ((np.arange(in_plane, dtype=np.float32) + 0.5) / in_plane - 0.5) * 2.0
     zs = ((np.arange(n_slices, dtype=np.float32) + 0.5) - n_slices / 2.0) * np.float32(slice_mm)
-    return Grid(xs=xy, ys=xy.copy(), zs=zs)
+    return Grid(xs=xy, ys=xy.copy(), zs=zs, mm_per_fov_unit=0.5 * in_plane * float(in_plane_mm))
 
 
 def bbox(grid: Grid, center: Sequence[float], radii: Sequence[float]) -> Tuple[slice, slice, slice]:

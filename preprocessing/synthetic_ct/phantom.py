@@ -1,7 +1,8 @@
 """The synthetic phantom: anatomy drawn in the canonical RAS voxel grid (HU and labels), from one
 random generator. The random draws happen in a fixed order (liver placement, body, spine,
-vessels, kidneys, ribs, liver, tumours, abdominal organs, noise), so the same generator state
-always gives the same arrays: keep that order when changing anything here."""
+vessels, kidneys, ribs, liver, one draw seeding the lesions' own stream (lesions.py),
+abdominal organs, noise), so the same generator state always gives the same arrays: keep that
+order when changing anything here."""
 from __future__ import annotations
 
 import math
@@ -12,11 +13,11 @@ import numpy as np
 from scipy import ndimage
 
 from preprocessing.synthetic_ct.grid import Grid, bbox, rho2, smooth_field
+from preprocessing.synthetic_ct.lesions import draw_lesions
 
 SLICE_SPACINGS_MM: Tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 HU_MIN, HU_MAX = -1024, 3071
 AIR_HU = -1000.0
-BACKGROUND, LIVER, TUMOUR = 0, 1, 2
 BIG_Z = 1e6  # z radius of structures that run through the whole slab
 
 
@@ -209,33 +210,6 @@ def _draw_liver(rng: np.random.Generator, a: _Anatomy):
     return liver, lbox, liver_c, liver_r
 
 
-def _draw_tumours(rng: np.random.Generator, grid: Grid, liver: np.ndarray, lbox, liver_c,
-                  liver_r, tex: np.ndarray):
-    """0-3 hypodense ellipsoids strictly inside the liver: (labels in the liver's box, texture
-    with the tumours, number of tumours)."""
-    labels_box = np.where(liver, LIVER, BACKGROUND).astype(np.uint8)
-    # One-voxel erosion: a tumour never touches the liver boundary (always surrounded by liver).
-    core = ndimage.binary_erosion(liver) if liver.any() else liver
-    n_tumours = 0
-    for _ in range(int(rng.integers(0, 4))):
-        direction = rng.standard_normal(3)
-        direction /= np.linalg.norm(direction) + 1e-9
-        rel = float(rng.uniform(0.0, 0.45))
-        size = float(rng.uniform(0.12, 0.28))  # tumour radius relative to liver radii
-        t_c = tuple(c + rel * d * r for c, d, r in zip(liver_c, direction, liver_r))
-        t_r = tuple(size * r * float(rng.uniform(0.8, 1.2)) for r in liver_r)
-        t_hu = float(rng.uniform(20.0, 40.0))
-        t_rho = np.sqrt(rho2(grid, lbox, t_c, t_r))
-        label = (t_rho <= 1.0) & core
-        if not label.any():
-            continue
-        n_tumours += 1
-        labels_box[label] = TUMOUR
-        w = np.clip((1.15 - t_rho) / 0.3, 0.0, 1.0).astype(np.float32)  # soft edge
-        tex = tex * (1.0 - w) + np.float32(t_hu) * w
-    return labels_box, tex, n_tumours
-
-
 def _draw_abdomen(rng: np.random.Generator, a: _Anatomy, liver_any: np.ndarray) -> None:
     """Stomach, spleen and bowel (left / lower abdomen; never over the liver)."""
     ax0, ay0, body_cy, s_z, liver_zc = a.ax0, a.ay0, a.body_cy, a.s_z, a.liver_zc
@@ -269,7 +243,8 @@ def build_phantom(rng: np.random.Generator, grid: Grid):
     liver_hu = float(rng.uniform(58.0, 67.0))
     cells = (5, 5, max(2, (lbox[2].stop - lbox[2].start) // 6))
     tex = liver_hu + 4.0 * smooth_field(rng, liver.shape, cells)
-    labels_box, tex, n_tumours = _draw_tumours(rng, grid, liver, lbox, liver_c, liver_r, tex)
+    labels_box, tex, n_tumours = draw_lesions(rng, grid, liver, lbox, liver_c, liver_r, tex,
+                                              liver_hu)
     hu_box = a.hu[lbox]
     hu_box[liver] = tex[liver]
     labels = np.zeros(grid.shape, dtype=np.uint8)

@@ -15,7 +15,7 @@ from preprocessing.synthetic_ct.case import DEFAULT_SLICES_RANGE, SyntheticCase,
 # The package's name (tests and users filter on it), not this module's.
 LOG = logging.getLogger("preprocessing.synthetic_ct")
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2   # 2: LiTS-like lesions (synthetic_ct/lesions.py)
 MANIFEST_NAME = "dataset.json"
 
 
