@@ -1,8 +1,22 @@
-"""Segment CT volumes with an exported (pushed) model and write the masks as NIfTI.
+"""Segment CT volumes with an exported (pushed) model and write the masks as NIfTI or DICOM SEG.
 
     python predict.py --model outputs/serving_model/<version> --input volume-7.nii.gz \\
         --output volume-7_liver.nii.gz [--label segmentation-7.nii.gz]
     python predict.py --model outputs/serving_model/<version> --input DIR_OR_CSV --output OUT_DIR
+    python predict.py --model outputs/serving_model/<version> --input DICOM_DIR --output OUT_DIR \\
+        --output_format both
+
+DICOM: --input is a folder holding one CT series or many (files grouped by SeriesInstanceUID,
+which may span sub-folders; one case per series, named after its folder, plus _S<SeriesNumber>
+where a folder holds several). The series is read by the ExampleGen's own DICOM reader
+(preprocessing/dicom_volume.py: geometry from ImagePositionPatient / ImageOrientationPatient,
+rescale from the headers); a series that one affine cannot describe (missing slices, gantry
+tilt, mixed sizes, not CT, undecodable pixels) gets one error line and is skipped.
+--output_format nifti writes <case>_mask.nii.gz in the series' world geometry; seg writes
+<case>_seg.dcm, a DICOM SEG (highdicom) referencing the source series and instances, with one
+segment for liver (incl. tumour) and one for tumour (three-class models), SNOMED CT coded, and
+the algorithm's name, version and model id; both writes both. --seg_type fractional stores the
+probabilities (before post-processing) instead of the binary mask.
 
 Many volumes: --input is a folder in the LiTS layout (volume-N.nii[.gz], with segmentation-N
 when there is one) or a CSV manifest (columns image, label (may be empty), optional case_id,
@@ -51,6 +65,7 @@ import sys
 from common.process_exit import exit_process
 from inference.cases import is_batch_input
 from inference.inference_config import add_inference_flags, inference_options
+from inference.outputs import OUTPUT_FORMATS, SEG_TYPES, OutputRequest, model_id_of
 from inference.runs import EXIT_BAD_INPUT, error_line, segment_many, segment_one
 from preprocessing.nifti import CaseError
 
@@ -60,10 +75,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="exported SavedModel directory")
     p.add_argument("--input", required=True,
-                   help="CT volume (.nii or .nii.gz), or a LiTS folder or a CSV manifest")
+                   help="CT volume (.nii or .nii.gz), or a LiTS folder, a CSV manifest, or a "
+                        "folder of DICOM series")
     p.add_argument("--output", required=True,
-                   help="mask to write (.nii.gz); a folder for a folder or manifest input")
+                   help="mask to write (.nii.gz); a folder for a folder, manifest or DICOM input")
     p.add_argument("--label", help="ground-truth segmentation of one volume, to report Dice")
+    p.add_argument("--output_format", choices=OUTPUT_FORMATS, default=OutputRequest.output_format,
+                   help="nifti: <case>_mask.nii.gz; seg: a DICOM SEG <case>_seg.dcm (DICOM "
+                        "input only); both (default %(default)s)")
+    p.add_argument("--seg_type", choices=SEG_TYPES, default=OutputRequest.seg_type,
+                   help="DICOM SEG: binary masks, or fractional probabilities "
+                        "(default %(default)s)")
     add_inference_flags(p, postprocess_help="3-D post-processing: the largest liver "
                         "component, enclosed holes filled, tumour only inside the liver")
     args = p.parse_args(argv)
@@ -72,6 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "a manifest's its label column")
     try:
         args.options = inference_options(args)
+        args.request = OutputRequest(args.output_format, args.seg_type, model_id_of(args.model))
     except ValueError as e:
         p.error(str(e))
     return args

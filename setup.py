@@ -24,6 +24,8 @@ setup(
         "matplotlib",            # the evaluation report's plots
         "surface-distance",      # LiTS surface metrics (DeepMind's library)
         "omegaconf>=2.4,<2.5",   # --config / --set over the settings dataclasses
+        "pydicom>=3.0",          # DICOM series in (preprocessing/dicom_series.py)
+        "highdicom>=0.28",       # DICOM SEG out (inference/dicom_seg.py)
     ],
     extras_require={
         "s3": ["tensorflow-io==0.37.1", "boto3"],   # s3:// for tf.io.gfile and Beam

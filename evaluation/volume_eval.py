@@ -66,7 +66,7 @@ from common.process_exit import exit_process
 from evaluation.model_scoring import POSTPROCESSED, ModelUnderTest
 from evaluation.volume_metrics import METRIC_NAMES
 from evaluation.worst_slices import WorstVolumes
-from inference.cases import load_input
+from inference.cases import load_case_files
 from inference.inference_config import InferenceConfig, add_inference_flags, inference_options
 from inference.model import load_model
 from preprocessing.conversion_plan import plan_conversion
@@ -119,8 +119,7 @@ def evaluate_case(files: CaseFiles, models: List[ModelUnderTest], worst: WorstVo
     start = time.perf_counter()
     if files.label_path is None:
         raise CaseError(files.image_path, "no ground truth to evaluate against", files.case_id)
-    case = load_input(files.image_path, files.label_path,   # as predict.py reads it
-                      case_id=files.case_id)
+    case = load_case_files(files)   # as predict.py reads it
     truth = np.asarray(case.labels)
     record: Dict[str, Any] = {"case_id": files.case_id,
                               "spacing_mm": [float(s) for s in case.spacing],

@@ -1,7 +1,8 @@
-"""predict.py's two runs, on parsed arguments (`model`, `input`, `output`, `label`, and
-`options`, the InferenceConfig of its flags): one volume -> one mask (with Dice given its label), and a LiTS folder or CSV
-manifest -> a mask per volume and predictions.csv, each bad case reported on stderr and skipped,
-a summary at the end. Errors are one line, `predict.py: error: <file>: <reason>`."""
+"""predict.py's two runs, on parsed arguments (`model`, `input`, `output`, `label`, `options`,
+the InferenceConfig of its flags, and `request`, the OutputRequest of its output flags): one
+volume -> one mask (with Dice given its label), and a LiTS folder, CSV manifest or folder of DICOM
+series -> a mask (and / or a DICOM SEG) per volume and predictions.csv, each bad case reported on
+stderr and skipped, a summary at the end. Errors are one line, `predict.py: error: <file>: <reason>`."""
 from __future__ import annotations
 
 import logging
@@ -12,9 +13,10 @@ from typing import Any, Dict
 import numpy as np
 
 from common import storage
-from inference.cases import discover_inputs, load_input
+from inference.cases import discover_inputs, load_case_files, load_input
 from inference.inference_config import InferenceConfig
 from inference.model import ServeFn, check_model_dir, load_model
+from inference.outputs import SEG_SUFFIX, OutputRequest
 from inference.segmenter import segment_case, to_source_orientation
 from inference.writers import (MASK_SUFFIX, PREDICTIONS_CSV, check_output, mask_path,
                                predictions_csv_text)
@@ -40,7 +42,8 @@ def segment_one(args) -> int:
     check_output(args.output)
     case = load_input(args.input, args.label)
     serve, config = load_model(args.model)
-    mask, num_classes = segment_case(serve, config, case, args.output, args.options)
+    mask, num_classes = segment_case(serve, config, case, args.output, args.options,
+                                     args.request)
     tumor = f" (incl. {np.count_nonzero(mask == 2)} tumour)" if num_classes > 1 else ""
     logging.info("Wrote %s: shape %s, %d liver voxels%s, %.1f s", args.output, mask.shape,
                  int(np.count_nonzero(mask)), tumor, time.time() - start)
@@ -74,12 +77,14 @@ def volume_row(case_id: str, mask: np.ndarray, case: CanonicalCase, num_classes:
 
 
 def predict_case(serve: ServeFn, config: SliceConfig, files: CaseFiles, output_path: str,
-                 options: InferenceConfig = InferenceConfig()) -> Dict[str, Any]:
-    """Reads, segments and writes one case of a folder run; its predictions.csv row (seconds:
-    read + segment + write). CaseError naming the file on bad input."""
+                 options: InferenceConfig = InferenceConfig(),
+                 request: OutputRequest = OutputRequest()) -> Dict[str, Any]:
+    """Reads, segments and writes one case of a folder run (its mask at `output_path` and / or
+    its DICOM SEG beside it); its predictions.csv row (seconds: read + segment + write).
+    CaseError naming the file on bad input."""
     start = time.perf_counter()
-    case = load_input(files.image_path, files.label_path, case_id=files.case_id)
-    mask, num_classes = segment_case(serve, config, case, output_path, options)
+    case = load_case_files(files)
+    mask, num_classes = segment_case(serve, config, case, output_path, options, request)
     row = volume_row(files.case_id, mask, case, num_classes)
     row["seconds"] = time.perf_counter() - start
     return row
@@ -119,7 +124,7 @@ def _predict_or_error(args, serve, config, files):
     log)."""
     out = mask_path(args.output, files.case_id)
     try:
-        return predict_case(serve, config, files, out, args.options), None
+        return predict_case(serve, config, files, out, args.options, args.request), None
     except CaseError as e:
         return None, e
     except Exception as e:   # noqa: BLE001 - a batch run goes on past one case's surprise
@@ -169,8 +174,9 @@ def _print_summary(args, total: int, rows: list, failed: list, start: float,
                    loop_seconds: float) -> None:
     seconds = time.time() - start
     rate = len(rows) / loop_seconds * 60 if loop_seconds > 0 else 0.0
+    written = [f"*{MASK_SUFFIX}"] * args.request.nifti + [f"*{SEG_SUFFIX}"] * args.request.seg
     print(f"predict.py: {len(rows)} of {total} volumes written to {args.output} "
-          f"(*{MASK_SUFFIX}, {PREDICTIONS_CSV}), {len(failed)} failed; "
+          f"({', '.join(written + [PREDICTIONS_CSV])}), {len(failed)} failed; "
           f"{seconds:.1f} s in all, {rate:.1f} volumes/min (after loading the model)")
     for e in failed:
         print(f"predict.py: failed: {e.path}: {_one_line(e.reason)}")

@@ -16,6 +16,7 @@ import numpy as np
 from inference.cases import load_input
 from inference.inference_config import MIRROR_AXES, InferenceConfig
 from inference.model import ServeFn, check_model_dir, load_model
+from inference.outputs import OutputRequest, check_seg_source, output_paths, write_case_seg
 from inference.postprocess import postprocess
 from inference.writers import write_mask
 from preprocessing.examples import slice_example_bytes
@@ -86,10 +87,14 @@ def labels_of(probs: np.ndarray, case: CanonicalCase, options: InferenceConfig):
 
 
 def segment_case(serve: ServeFn, config: SliceConfig, case: CanonicalCase, output_path: str,
-                 options: InferenceConfig = InferenceConfig()):
+                 options: InferenceConfig = InferenceConfig(),
+                 request: OutputRequest = OutputRequest()):
     """Writes the label map of a loaded case (load_input, which keeps the input file's affine
-    and header) to `output_path`; returns it (the input's grid) and the model's output
-    channels."""
+    and header) to `output_path`, and / or its DICOM SEG beside it (`request`); returns it (the
+    input's grid) and the model's output channels."""
+    nifti_path, seg_path = output_paths(output_path, request)
+    if seg_path:
+        check_seg_source(case, seg_path)   # before the model time
     probs = predict_probabilities(serve, case, config, options.batch_size, options.mirror)
     labels, report = labels_of(probs, case, options)
     if any(report.values()):
@@ -97,7 +102,10 @@ def segment_case(serve: ServeFn, config: SliceConfig, case: CanonicalCase, outpu
                  ", ".join(f"{k} {v}" for k, v in report.items() if v))
     mask = to_source_orientation(labels, case)
     assert mask.shape == case.source_shape
-    write_mask(mask, case, output_path)
+    if nifti_path:
+        write_mask(mask, case, nifti_path)
+    if seg_path:
+        write_case_seg(mask, probs, case, seg_path, request)
     return mask, probs.shape[-1]
 
 

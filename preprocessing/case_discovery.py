@@ -67,14 +67,16 @@ def _manifest_rows(csv_path: str) -> List[Dict[str, str]]:
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if "image" not in columns:
         raise ValueError(f"{csv_path}: manifest needs an 'image' column "
-                         f"(and 'label', optional 'case_id'); found {columns}")
+                         f"(and 'label', optional 'case_id', 'series_uid'); found {columns}")
     return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
 def discover_manifest_cases(csv_path: str, allow_unlabeled: bool = False
                             ) -> Tuple[List[CaseFiles], List[CaseError]]:
     """Cases listed in a CSV manifest with columns `image`, `label` (may be empty) and an optional
-    `case_id` (default: the image file name without .nii[.gz]). Relative paths are relative to
+    `case_id` (default: the image file name without .nii[.gz]). `image` may be a DICOM series'
+    folder, `label` a DICOM SEG; an optional `series_uid` picks one series from a folder of
+    several. Relative paths are relative to
     the CSV's folder, which may be a URI (gs://bucket/lists/m.csv: ../data/v.nii.gz is
     gs://bucket/data/v.nii.gz).
 
@@ -97,7 +99,8 @@ def discover_manifest_cases(csv_path: str, allow_unlabeled: bool = False
         image = storage.resolve(folder, image)
         case_id = row.get("case_id") or _case_id_from_path(image)
         parsed.append((line, CaseFiles(case_id, image,
-                                       storage.resolve(folder, label) if label else None)))
+                                       storage.resolve(folder, label) if label else None,
+                                       series_uid=row.get("series_uid") or None)))
 
     lines_of: Dict[str, List[int]] = {}
     for line, files in parsed:

@@ -59,8 +59,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data_root", help="folder of volume-N.nii[.gz] + segmentation-N.nii[.gz]")
-    src.add_argument("--manifest", help="CSV with columns image, label (may be empty), "
-                                        "optional case_id; paths relative to the CSV's folder")
+    src.add_argument("--manifest", help="CSV with columns image (NIfTI, or a DICOM series "
+                                        "folder), label (NIfTI or DICOM SEG; may be empty), "
+                                        "optional case_id and series_uid; paths relative to "
+                                        "the CSV's folder")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--allow_unlabeled", action="store_true",
                    help="manifest rows without a label become inference-only cases")

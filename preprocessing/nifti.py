@@ -47,8 +47,12 @@ class CaseFiles:
     """One case on disk: an image and, for training data, its segmentation (None: inference
     only)."""
     case_id: str
-    image_path: str
-    label_path: Optional[str]
+    image_path: str                # a NIfTI file, or a DICOM series' folder or .dcm file
+    label_path: Optional[str]      # NIfTI, or DICOM SEG (.dcm)
+    # DICOM only (preprocessing/dicom_volume.py): the series to take from image_path when it
+    # holds several, and the series' files as discovery found them (may span folders).
+    series_uid: Optional[str] = None
+    dicom_files: Tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -71,6 +75,9 @@ class CanonicalCase:
     scaling: Tuple[float, float] = (1.0, 0.0)
     # The image file's header (nibabel), for writing a mask in the input's grid (predict.py).
     source_header: Optional[nib.Nifti1Header] = None
+    # A DICOM input's checked series (dicom_series.SeriesGeometry: files, SOP instance UIDs in
+    # k order), for a DICOM SEG of the mask; None for NIfTI.
+    dicom: Optional[object] = None
 
 
 def _read_file(path: str, case_id: Optional[str]) -> bytes:
@@ -209,11 +216,16 @@ class StoredCase:
     slope: float
     inter: float
     label_stored: Optional[Tuple[np.ndarray, float, float]]
+    dicom: Optional[object] = None     # a DICOM input's SeriesGeometry
 
 
 def read_case(files: CaseFiles, timings: Optional[Dict[str, float]] = None) -> StoredCase:
     """The I/O half of load_case (file read + gunzip + the header checks); zlib releases the GIL,
-    so the conversion runs it in a thread for the next case while it resamples this one."""
+    so the conversion runs it in a thread for the next case while it resamples this one. A DICOM
+    series (a folder or .dcm) is read by preprocessing/dicom_volume.py into the same StoredCase."""
+    from preprocessing import dicom_volume   # imports this module
+    if dicom_volume.is_dicom_case(files):
+        return dicom_volume.read_dicom_case(files, timings)
     t = time.perf_counter()
     image, data = _load_nifti(files.image_path, files.case_id)
     stored, slope, inter = _read_stored(image, data, files.image_path, files.case_id)
@@ -274,6 +286,7 @@ def canonicalize_case(raw: StoredCase, timings: Optional[Dict[str, float]] = Non
         stored=None if hu else values,
         scaling=scaling,
         source_header=image.header,
+        dicom=raw.dicom,
     )
 
 
