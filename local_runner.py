@@ -15,7 +15,9 @@ import os
 import time
 
 from common import storage
+from common.interrupts import EXIT_INTERRUPTED, signal_name, terminate_as_interrupt
 from common.process_exit import exit_process
+from common.run_lock import RunLockHeld, locked_outputs
 from pipeline import configs
 from pipeline.overrides import to_yaml
 from pipeline.settings_flags import add_settings_flags
@@ -94,8 +96,21 @@ def main(argv=None) -> int:
                                                  verbose=args.verbose)
     say = console_logger().info
     say("Full log: %s", run_log.path)
+    start = time.time()
     try:
-        return _run(args, config, component_lines, say)
+        with terminate_as_interrupt(), locked_outputs(
+                (config.metadata_path, False, "the metadata database"),
+                (config.pipeline_root, True, "the pipeline root")):
+            return _run(args, config, component_lines, say)
+    except RunLockHeld as e:
+        console_logger().error("Not started: %s", e)
+        return 2
+    except KeyboardInterrupt as e:
+        console_logger().error(
+            "Interrupted by %s after %.0f s. The components that finished are recorded in %s "
+            "and are not run again: run the same command to resume.", signal_name(e),
+            time.time() - start, config.metadata_path)
+        return EXIT_INTERRUPTED
     finally:
         say("Full log: %s", run_log.path)
         run_log.close()

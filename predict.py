@@ -62,7 +62,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.interrupts import EXIT_INTERRUPTED, signal_name, terminate_as_interrupt
 from common.process_exit import exit_process
+from common.run_lock import RunLockHeld
 from inference.cases import is_batch_input
 from inference.inference_config import add_inference_flags, inference_options
 from inference.outputs import OUTPUT_FORMATS, SEG_TYPES, OutputRequest, model_id_of
@@ -108,10 +110,18 @@ def main(argv=None) -> int:
     setup_logging(None, name="predict", project_info=True, stream=sys.stderr)
     args = parse_args(argv)
     try:
-        return segment_many(args) if is_batch_input(args.input) else segment_one(args)
+        with terminate_as_interrupt():
+            return segment_many(args) if is_batch_input(args.input) else segment_one(args)
     except CaseError as e:
         print(error_line(e), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunLockHeld as e:
+        print(f"Not started: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt as e:
+        print(f"Interrupted by {signal_name(e)}: no partial mask is left (masks are written "
+              "under a temporary name, then renamed).", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

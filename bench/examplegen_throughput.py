@@ -42,7 +42,7 @@ from preprocessing.conversion_plan import ConversionPlan  # noqa: E402
 from preprocessing.conversion_settings import (DEFAULT_COMPRESS_THREADS,  # noqa: E402
                                                DEFAULT_COMPRESSION_LEVEL)
 from preprocessing.shard_writer import compress_record, remove_temp_dir  # noqa: E402
-from preprocessing.nifti import _inflate_all  # noqa: E402
+from preprocessing.nifti import _load_nifti  # noqa: E402
 from preprocessing.slices import SliceConfig  # noqa: E402
 from preprocessing.splits import assign_splits  # noqa: E402
 
@@ -98,8 +98,7 @@ def read_floor(cases) -> dict:
             np.asanyarray(img.dataobj)
             nib_s += time.perf_counter() - t
             t = time.perf_counter()
-            with open(path, "rb") as f:
-                _inflate_all(f.read())
+            _load_nifti(path)   # the converter's own bounded read
             raw_s += time.perf_counter() - t
         img = nib.load(c.image_path)   # slices along the canonical z axis
         slices += img.shape[int(np.flatnonzero(nib.io_orientation(img.affine)[:, 0] == 2)[0])]

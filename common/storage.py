@@ -145,6 +145,14 @@ def makedirs(path: str) -> None:
         _gfile(path).makedirs(path)
 
 
+def size(path: str) -> int:
+    """The file's size in bytes (FileNotFoundError when missing)."""
+    if not is_uri(path):
+        return os.path.getsize(path)
+    with _os_errors(path):
+        return int(_gfile(path).stat(path).length)
+
+
 def read_bytes(path: str) -> bytes:
     if not is_uri(path):
         with open(path, "rb") as f:

@@ -82,7 +82,8 @@ class Executor(BaseExampleGenExecutor):
         settings = read_custom_config(exec_properties)
         plan = self._plan(settings, exec_properties)
         examples, _, _ = convert_cases(pipeline, plan.cases, plan.errors, [TRAIN, EVAL],
-                                       settings.slices, prefetch=settings.prefetch)
+                                       settings.slices, prefetch=settings.prefetch,
+                                       read_limits=settings.read_limits())
         return examples
 
     @staticmethod
@@ -124,7 +125,7 @@ class Executor(BaseExampleGenExecutor):
                     pipeline, plan, settings.slices, split_dirs, report_dir, temp_dir,
                     compression_level=settings.compression_level,
                     compress_threads=settings.compress_threads, seed=settings.split_seed,
-                    prefetch=settings.prefetch)
+                    prefetch=settings.prefetch, read_limits=settings.read_limits())
         finally:
             close_runner_client(pipeline)
             remove_temp_dir(temp_dir)

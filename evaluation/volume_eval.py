@@ -119,7 +119,7 @@ def evaluate_case(files: CaseFiles, models: List[ModelUnderTest], worst: WorstVo
     start = time.perf_counter()
     if files.label_path is None:
         raise CaseError(files.image_path, "no ground truth to evaluate against", files.case_id)
-    case = load_case_files(files)   # as predict.py reads it
+    case = load_case_files(files, options.read_limits())   # as predict.py reads it
     truth = np.asarray(case.labels)
     record: Dict[str, Any] = {"case_id": files.case_id,
                               "spacing_mm": [float(s) for s in case.spacing],

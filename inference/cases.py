@@ -11,21 +11,24 @@ from common import storage
 from preprocessing.case_discovery import discover_lits_cases, discover_manifest_cases
 from preprocessing.dicom_volume import DICOM_SUFFIXES, discover_dicom_series
 from preprocessing.nifti import CanonicalCase, CaseError, CaseFiles, canonicalize_case, read_case
+from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
 
 
 def load_input(input_path: str, label_path: Optional[str] = None,
-               case_id: Optional[str] = None) -> CanonicalCase:
+               case_id: Optional[str] = None, limits: ReadLimits = DEFAULT_LIMITS
+               ) -> CanonicalCase:
     """The volume (and ground truth) read, checked and reoriented exactly as the ExampleGen does
     (preprocessing/case_conversion.py case_examples): stored values kept, HU scaling applied per
     slice after resampling, so the model gets the training pixels bit for bit. CaseError (file,
-    reason, case id) on any bad input. `case_id`: a manifest's; default the file name's."""
+    reason, case id) on any bad input, a volume over `limits` included (refused before its voxels
+    are read). `case_id`: a manifest's; default the file name's."""
     case_id = case_id or storage.basename(input_path).split(".nii")[0]
-    return load_case_files(CaseFiles(case_id, input_path, label_path))
+    return load_case_files(CaseFiles(case_id, input_path, label_path), limits)
 
 
-def load_case_files(files: CaseFiles) -> CanonicalCase:
+def load_case_files(files: CaseFiles, limits: ReadLimits = DEFAULT_LIMITS) -> CanonicalCase:
     """load_input of a discovered case (a DICOM one keeps its series' file list)."""
-    return canonicalize_case(read_case(files), hu=False)
+    return canonicalize_case(read_case(files, limits=limits), hu=False)
 
 
 def is_batch_input(input_path: str) -> bool:

@@ -11,6 +11,9 @@ evaluation (the pipeline's `inference.*` settings): a plain dataclass, no Tensor
                          liver and at least min_tumour_volume_mm3)
   min_tumour_volume_mm3  smaller tumour components become liver
   fill_holes             fill background enclosed by the liver in 3-D
+  max_voxels             an input volume whose header declares more voxels is refused unread
+  max_inflated_bytes     an input file larger than this inflated is refused, its read stopped
+                         (preprocessing/read_limits.py: the same limits as the conversion's)
 
 The defaults of `mirror` and `postprocess` follow the measurements in docs/measurements.md
 (bench/postprocess_effect.py, `make run`'s liver model): each is on only where it raised mean
@@ -25,6 +28,7 @@ import argparse
 import dataclasses
 
 from inference.postprocess import PostprocessSettings
+from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
 
 # Test-time mirroring: for each mode, the in-plane axes of a [Z, H, W, K] stack to flip, one
 # subset per model pass (inference/segmenter.py mirrors each answer back and averages them).
@@ -40,6 +44,8 @@ class InferenceConfig:
     postprocess: bool = True      # 3-D post-processing of the labels (inference/postprocess.py)
     min_tumour_volume_mm3: float = PostprocessSettings.min_tumour_volume_mm3   # smaller: liver
     fill_holes: bool = PostprocessSettings.fill_holes   # fill holes enclosed by liver in 3-D
+    max_voxels: int = DEFAULT_LIMITS.max_voxels   # per input volume, from its header
+    max_inflated_bytes: int = DEFAULT_LIMITS.max_inflated_bytes   # per input file, inflated
 
     def __post_init__(self):
         if self.mirror not in MIRRORS:
@@ -49,6 +55,10 @@ class InferenceConfig:
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
         self.postprocess_settings()   # its own checks
+        self.read_limits()
+
+    def read_limits(self) -> ReadLimits:
+        return ReadLimits(int(self.max_voxels), int(self.max_inflated_bytes))
 
     def postprocess_settings(self, enabled: bool = None) -> PostprocessSettings:
         """The post-processing settings (`enabled` overrides `postprocess`)."""
@@ -66,8 +76,9 @@ class InferenceConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown inference settings: {sorted(unknown)}")
-        if "batch_size" in d:
-            d["batch_size"] = int(d["batch_size"])
+        for name in ("batch_size", "max_voxels", "max_inflated_bytes"):
+            if name in d:
+                d[name] = int(d[name])
         return cls(**d)
 
 
@@ -87,10 +98,18 @@ def add_inference_flags(p: argparse.ArgumentParser, postprocess_help: str) -> No
     p.add_argument("--min_tumour_volume_mm3", type=float,
                    default=defaults.min_tumour_volume_mm3,
                    help="post-processing: smaller tumour components become liver")
+    p.add_argument("--max_voxels", type=int, default=defaults.max_voxels,
+                   help="an input whose header declares more voxels is refused unread "
+                        "(default %(default)s)")
+    p.add_argument("--max_inflated_bytes", type=int, default=defaults.max_inflated_bytes,
+                   help="an input file larger than this, inflated, is refused and its read "
+                        "stopped there (default %(default)s)")
 
 
 def inference_options(args: argparse.Namespace) -> InferenceConfig:
     """The InferenceConfig of add_inference_flags' flags; ValueError on a bad value."""
     return InferenceConfig(threshold=args.threshold, batch_size=args.batch_size,
                            mirror=args.mirror, postprocess=args.postprocess,
-                           min_tumour_volume_mm3=args.min_tumour_volume_mm3)
+                           min_tumour_volume_mm3=args.min_tumour_volume_mm3,
+                           max_voxels=args.max_voxels,
+                           max_inflated_bytes=args.max_inflated_bytes)

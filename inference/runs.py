@@ -13,6 +13,8 @@ from typing import Any, Dict
 import numpy as np
 
 from common import storage
+from common.interrupts import signal_name
+from common.run_lock import locked_outputs
 from inference.cases import discover_inputs, load_case_files, load_input
 from inference.inference_config import InferenceConfig
 from inference.model import ServeFn, check_model_dir, load_model
@@ -40,7 +42,7 @@ def segment_one(args) -> int:
     # Cheapest checks first, TensorFlow last: bad input fails fast and quietly.
     check_model_dir(args.model)
     check_output(args.output)
-    case = load_input(args.input, args.label)
+    case = load_input(args.input, args.label, limits=args.options.read_limits())
     serve, config = load_model(args.model)
     mask, num_classes = segment_case(serve, config, case, args.output, args.options,
                                      args.request)
@@ -83,7 +85,7 @@ def predict_case(serve: ServeFn, config: SliceConfig, files: CaseFiles, output_p
     its DICOM SEG beside it); its predictions.csv row (seconds: read + segment + write).
     CaseError naming the file on bad input."""
     start = time.perf_counter()
-    case = load_case_files(files)
+    case = load_case_files(files, options.read_limits())
     mask, num_classes = segment_case(serve, config, case, output_path, options, request)
     row = volume_row(files.case_id, mask, case, num_classes)
     row["seconds"] = time.perf_counter() - start
@@ -111,9 +113,10 @@ def segment_many(args) -> int:
     _make_output_dir(args.output)
     for e in failed:    # discovery errors: counted as failures, never dropped
         print(error_line(e), file=sys.stderr)
-    serve, config = load_model(args.model)
-    loop_start = time.time()
-    rows = _segment_cases(args, serve, config, cases, failed)
+    with locked_outputs((storage.absolute(args.output), True, "the output folder")):
+        serve, config = load_model(args.model)
+        loop_start = time.time()
+        rows = _segment_cases(args, serve, config, cases, failed)
     _print_summary(args, total, rows, failed, start, time.time() - loop_start)
     return EXIT_BAD_INPUT if failed else 0
 
@@ -141,7 +144,14 @@ def _segment_cases(args, serve, config, cases, failed: list) -> list:
     rows = []
     with tqdm(cases, desc="Volumes", unit="volume", file=sys.stderr, disable=None) as bar:
         for i, files in enumerate(bar, start=1):
-            row, error = _predict_or_error(args, serve, config, files)
+            try:
+                row, error = _predict_or_error(args, serve, config, files)
+            except KeyboardInterrupt as e:
+                print(f"Interrupted by {signal_name(e)} at volume {i} of {len(cases)}: the "
+                      f"{len(rows)} masks written and their rows in {csv_path} are whole (each "
+                      "file is written under a temporary name, then renamed); run the same "
+                      "command again to segment the rest.", file=sys.stderr)
+                raise
             if error is not None:
                 failed.append(error)
                 bar.write(error_line(error), file=sys.stderr)

@@ -31,6 +31,7 @@ from preprocessing.conversion_plan import ConversionPlan
 from preprocessing.conversion_report import write_lines
 from preprocessing.conversion_settings import DEFAULT_COMPRESS_THREADS, DEFAULT_COMPRESSION_LEVEL
 from preprocessing.nifti import CaseError, CaseFiles
+from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
 from preprocessing.shard_writer import write_examples
 from preprocessing.slices import SliceConfig
 from schema.contract import CASES_FILE, QUARANTINE_FILE
@@ -44,10 +45,12 @@ def drops_bundle_end_outputs(pipeline: beam.Pipeline) -> bool:
 
 def convert_cases(pipeline: beam.Pipeline, cases: List[Tuple[CaseFiles, str]],
                   discovery_errors: Iterable[CaseError], split_names: List[str],
-                  slice_config: SliceConfig, prefetch: bool = True
+                  slice_config: SliceConfig, prefetch: bool = True,
+                  read_limits: ReadLimits = DEFAULT_LIMITS
                   ) -> Tuple[Dict[str, beam.PCollection], beam.PCollection, beam.PCollection]:
     """Adds the conversion to `pipeline`. Returns (serialized tf.Examples by split, quarantine
-    JSON lines, per-case summary JSON lines)."""
+    JSON lines, per-case summary JSON lines). A volume over `read_limits` is quarantined
+    unread."""
     if prefetch and drops_bundle_end_outputs(pipeline):
         # The prefetching DoFn emits a bundle's last case from finish_bundle.
         logging.info("Case prefetch off: the %s drops outputs of finish_bundle",
@@ -59,7 +62,8 @@ def convert_cases(pipeline: beam.Pipeline, cases: List[Tuple[CaseFiles, str]],
         # Spread cases over workers: each worker then holds one volume at a time.
         | "SpreadCases" >> beam.Reshuffle()
         | "ConvertCases" >> beam.ParDo(ConvertCaseFn(slice_config.to_dict(), prefetch,
-                                                    total_cases=len(cases))))
+                                                    total_cases=len(cases),
+                                                    read_limits=read_limits.to_dict())))
     outputs = {tag: tagged | f"Select[{tag}]" >> beam.ParDo(SelectTag(tag))
                for tag in (QUARANTINE_TAG, SUMMARY_TAG, *split_names)}
     discovery_quarantine = (
@@ -88,14 +92,15 @@ def add_conversion(pipeline: beam.Pipeline, plan: ConversionPlan, slice_config: 
                    compression_level: int = DEFAULT_COMPRESSION_LEVEL,
                    compress_threads: int = DEFAULT_COMPRESS_THREADS,
                    prefix: str = "data_tfrecord", suffix: str = ".gz", seed: int = 0,
-                   prefetch: bool = True) -> beam.PCollection:
+                   prefetch: bool = True, read_limits: ReadLimits = DEFAULT_LIMITS
+                   ) -> beam.PCollection:
     """The whole conversion on `pipeline`: examples written per split, the quarantine report and
     the per-case summaries written to `report_dir` (QUARANTINE_FILE, CASES_FILE). Add nothing to
     the pipeline after it: the returned step, fed by every sink, must be the pipeline's last
     (all the DaskRunner runs)."""
     splits = list(split_dirs)
     examples, quarantine, summaries = convert_cases(pipeline, plan.cases, plan.errors, splits,
-                                                    slice_config, prefetch)
+                                                    slice_config, prefetch, read_limits)
     shards = write_examples(examples, split_dirs, temp_dir,
                             {s: max(1, plan.cases_in(s)) for s in splits}, compression_level,
                             compress_threads, prefix, suffix, seed)

@@ -27,6 +27,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from preprocessing.conversion_stages import COUNTER_NAMESPACE, StageCounters, lap
 from preprocessing.examples import example_bytes, label_stats
 from preprocessing.nifti import CaseError, CaseFiles, StoredCase, canonicalize_case, read_case
+from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
 from preprocessing.slices import SliceConfig, prepare_slices, stack_context_zhw
 from schema.contract import CONSOLE_LOGGER, progress_interval
 
@@ -76,10 +77,10 @@ def case_examples(case: "CaseFiles | StoredCase", config: SliceConfig, split: st
     return generate(), summary
 
 
-def _read_quietly(files: CaseFiles):
+def _read_quietly(files: CaseFiles, limits: ReadLimits):
     timings: Dict[str, float] = {}
     try:
-        return read_case(files, timings), timings, None
+        return read_case(files, timings, limits), timings, None
     except CaseError as e:
         return None, timings, e
 
@@ -130,14 +131,16 @@ class ConvertCaseFn(beam.DoFn):
     ends; a runner that drops what finish_bundle emits, like the DaskRunner, needs prefetch off)."""
 
     def __init__(self, slice_config: dict, prefetch: bool = True,
-                 total_cases: Optional[int] = None):
+                 total_cases: Optional[int] = None, read_limits: Optional[dict] = None):
         self._config_dict = slice_config
+        self._limits_dict = read_limits
         self._prefetch = prefetch
         self._total_cases = total_cases
         self._config = None
 
     def setup(self):
         self._config = SliceConfig.from_dict(self._config_dict)
+        self._limits = ReadLimits(**self._limits_dict) if self._limits_dict else DEFAULT_LIMITS
         self._cases = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "cases_converted")
         self._bad = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "cases_quarantined")
         self._slices = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "slices_written")
@@ -151,10 +154,11 @@ class ConvertCaseFn(beam.DoFn):
 
     def process(self, element):   # (CaseFiles, split)
         if self._reader is None:
-            yield from self._convert(element, *_read_quietly(element[0]))
+            yield from self._convert(element, *_read_quietly(element[0], self._limits))
             return
         previous, self._ahead = self._ahead, (element, self._reader.submit(_read_quietly,
-                                                                           element[0]))
+                                                                           element[0],
+                                                                           self._limits))
         if previous is not None:
             yield from self._convert(previous[0], *previous[1].result())
 

@@ -7,6 +7,7 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
 from preprocessing.slices import SliceConfig
 
 # zlib level of the output gzip. Level 1 is ~5x faster than TFX's level 6 on windowed CT slices
@@ -78,6 +79,8 @@ class ConversionSettings:
     compression_level: int = DEFAULT_COMPRESSION_LEVEL   # zlib level of the example shards
     compress_threads: int = DEFAULT_COMPRESS_THREADS     # threads compressing the shards
     prefetch: bool = True             # read the next case while converting one
+    max_voxels: int = DEFAULT_LIMITS.max_voxels   # more, as declared: quarantined, unread
+    max_inflated_bytes: int = DEFAULT_LIMITS.max_inflated_bytes   # per file, inflated: same
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able: the ExampleGen's custom_config."""
@@ -99,10 +102,14 @@ class ConversionSettings:
         if d.get("eval_cases") is not None:
             d["eval_cases"] = list(d["eval_cases"])
         # A protobuf Struct (the custom_config) brings every number back as a float.
-        for name in ("split_seed", "compression_level", "compress_threads"):
+        for name in ("split_seed", "compression_level", "compress_threads", "max_voxels",
+                     "max_inflated_bytes"):
             if name in d:
                 d[name] = int(d[name])
         return cls(slices=slices, **d)
+
+    def read_limits(self) -> ReadLimits:
+        return ReadLimits(self.max_voxels, self.max_inflated_bytes)
 
     def manifest_path(self, input_base: Optional[str]) -> Optional[str]:
         """The manifest, resolved against `input_base` when relative; None without one."""

@@ -23,6 +23,7 @@ Beam's filesystems.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import time
@@ -38,7 +39,9 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from common import storage
+from common.interrupts import EXIT_INTERRUPTED, signal_name, terminate_as_interrupt
 from common.process_exit import exit_process
+from common.run_lock import RunLockHeld, locked_outputs
 from preprocessing.beam_convert import add_conversion, close_runner_client
 from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_report import check_conversion, summarize_conversion
@@ -86,6 +89,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--compress_threads", type=int, default=c.compress_threads)
     p.add_argument("--no_prefetch", action="store_true",
                    help="do not read the next case while converting one (less memory)")
+    p.add_argument("--max_voxels", type=int, default=c.max_voxels,
+                   help="a volume whose header declares more voxels is quarantined unread")
+    p.add_argument("--max_inflated_bytes", type=int, default=c.max_inflated_bytes,
+                   help="a file larger than this, inflated (as declared, or as it inflates), "
+                        "is quarantined; the read stops there")
     p.add_argument("--overwrite", action="store_true",
                    help="replace shards of an earlier run in --output")
     p.add_argument("--beam_arg", action="append", default=[],
@@ -111,7 +119,8 @@ def settings_from_args(args: argparse.Namespace) -> ConversionSettings:
         eval_cases=eval_cases, max_bad_fraction=args.max_bad_fraction,
         manifest=storage.absolute(args.manifest) if args.manifest else None,
         allow_unlabeled=args.allow_unlabeled, compression_level=args.compression_level,
-        compress_threads=args.compress_threads, prefetch=not args.no_prefetch)
+        compress_threads=args.compress_threads, prefetch=not args.no_prefetch,
+        max_voxels=args.max_voxels, max_inflated_bytes=args.max_inflated_bytes)
 
 
 def beam_options(beam_args: List[str]) -> PipelineOptions:
@@ -154,12 +163,13 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     pipeline = beam.Pipeline(options=beam_options(args.beam_arg))
     try:
-        with pipeline:
+        with _failure_named(), pipeline:
             add_conversion(pipeline, plan, slice_config, split_dirs, output, temp_dir,
                            compression_level=settings.compression_level,
                            compress_threads=settings.compress_threads,
                            prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX,
-                           seed=settings.split_seed, prefetch=settings.prefetch)
+                           seed=settings.split_seed, prefetch=settings.prefetch,
+                           read_limits=settings.read_limits())
     finally:
         close_runner_client(pipeline)
         remove_temp_dir(temp_dir)
@@ -177,9 +187,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _failure_named():
+    """A failed Beam pipeline (it wraps the worker's error in its own) as one error naming what
+    failed: "cannot write <file> ([Errno 28] No space left on device)"."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - Beam raises its own wrappers of the worker's error
+        lines = [line for line in str(e).splitlines() if "cannot write" in line]
+        raise ConversionFailed(lines[-1].strip() if lines else f"{type(e).__name__}: {e}") from e
+
+
+class ConversionFailed(RuntimeError):
+    """The pipeline failed: str() is the one line that says why."""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    output = storage.absolute(args.output)
+    try:
+        with terminate_as_interrupt(), locked_outputs((output, True, "the output folder")):
+            return run(args)
+    except RunLockHeld as e:
+        logging.error("Not started: %s", e)
+        return 2
+    except ConversionFailed as e:
+        logging.error("Conversion failed, no shard published for it: %s. Free the space or fix "
+                      "the cause, then run the same command with --overwrite.", e)
+        return 1
+    except KeyboardInterrupt as e:
+        logging.error("Interrupted by %s: no complete output. Shards are written under "
+                      "temporary names and renamed when whole, so none of them is taken for a "
+                      "result; run the same command with --overwrite to convert again.",
+                      signal_name(e))
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from common import storage
 from preprocessing import dicom_series
 from preprocessing.dicom_series import SeriesGeometry
 from preprocessing.nifti import AFFINE_ATOL_MM, AFFINE_RTOL, CaseError, CaseFiles
+from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
 
 LOG = logging.getLogger(__name__)
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -129,7 +130,8 @@ def _as_image_grid(label: nib.Nifti1Image, stored: np.ndarray, geometry: SeriesG
     return moved
 
 
-def read_label(files: CaseFiles, geometry: SeriesGeometry) -> Tuple[np.ndarray, float, float]:
+def read_label(files: CaseFiles, geometry: SeriesGeometry,
+               limits: ReadLimits = DEFAULT_LIMITS) -> Tuple[np.ndarray, float, float]:
     """The case's label as (stored [i, j, k] in the series' grid, slope, intercept), from a
     DICOM SEG or a NIfTI file."""
     from preprocessing import nifti
@@ -138,22 +140,33 @@ def read_label(files: CaseFiles, geometry: SeriesGeometry) -> Tuple[np.ndarray, 
         from preprocessing.dicom_seg_labels import read_seg_labels
         labels = read_seg_labels(path, geometry.sop_instance_uids, geometry.shape, files.case_id)
         return labels, 1.0, 0.0
-    label_img, data = nifti._load_nifti(path, files.case_id)
+    label_img, data = nifti._load_nifti(path, files.case_id, limits)
     stored, slope, inter = nifti._read_stored(label_img, data, path, files.case_id)
     return _as_image_grid(label_img, stored, geometry, path, files.case_id), slope, inter
 
 
-def read_dicom_case(files: CaseFiles, timings: Optional[dict] = None):
+def check_limits(geometry: SeriesGeometry, limits: ReadLimits, where: str,
+                 case_id: Optional[str]) -> None:
+    """The series' voxels (2 bytes each; 4 as float32 HU when rescaling differs per slice)
+    within the limits, before any pixel is decoded."""
+    itemsize = 2 if len({(s.slope, s.intercept) for s in geometry.slices}) == 1 else 4
+    limits.check_declared(where, geometry.shape, itemsize,
+                          int(np.prod(geometry.shape, dtype=np.float64)) * itemsize, case_id)
+
+
+def read_dicom_case(files: CaseFiles, timings: Optional[dict] = None,
+                    limits: ReadLimits = DEFAULT_LIMITS):
     """The StoredCase of a DICOM case (nifti.read_case's DICOM half): the series checked and
     read, its NIfTI-equivalent image (the affine above; no file is written), the label."""
     from preprocessing.nifti import StoredCase, _add
     import time
     t = time.perf_counter()
     geometry = series_of(files)
+    check_limits(geometry, limits, files.image_path, files.case_id)
     stored, slope, inter = read_voxels(geometry, files.case_id)
     image = nib.Nifti1Image(stored, geometry.affine)
     image.header.set_xyzt_units("mm")
-    label = read_label(files, geometry) if files.label_path is not None else None
+    label = read_label(files, geometry, limits) if files.label_path is not None else None
     _add(timings, "read", t)
     return StoredCase(files, image, stored, slope, inter, label, dicom=geometry)
 

@@ -8,10 +8,12 @@ Cases are found by preprocessing/case_discovery.py (LiTS naming or a CSV manifes
 
 Reading is the conversion's floor, so a NIfTI-1/2 file (.nii or .nii.gz) is read in one go, by
 the same code whether it is local or a URI (gs://, s3://, ram://; common/storage.py): its
-bytes read whole, the gzip stream (told by its magic bytes) inflated with one zlib call, the
-header parsed by nibabel from those bytes (`Nifti1Image.from_bytes`, so the header scaling is
-nibabel's own), and the voxel data viewed as an array without copies. nibabel's own reader
-streams through Python's gzip module, about 2x slower; no temporary copy is made on local disk.
+bytes read whole, the gzip stream (told by its magic bytes) inflated by zlib into a buffer of
+the size its header declares, after that size is checked against the limits
+(preprocessing/read_limits.py), the header parsed by nibabel (`Nifti1Image.from_bytes`, so the
+header scaling is nibabel's own), and the voxel data viewed as an array without copies.
+nibabel's own reader streams through Python's gzip module, about 2x slower; no temporary copy
+is made on local disk.
 """
 from __future__ import annotations
 
@@ -24,22 +26,14 @@ import nibabel as nib
 import numpy as np
 
 from common import storage
+from preprocessing.case_error import CaseError   # noqa: F401 - its home for every reader
+from preprocessing.read_limits import (DEFAULT_LIMITS, GZIP_MAGIC, HEADER_BYTES, GzipStream,
+                                       ReadLimits, inflate_exactly)
 
 VALID_LABELS = (0, 1, 2)
 # Tolerances for "same geometry": the affine of mask and volume may differ by rounding only.
 AFFINE_ATOL_MM = 1e-3
 AFFINE_RTOL = 1e-4
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-class CaseError(Exception):
-    """A case that cannot be converted. `path` names the file, `reason` says why."""
-
-    def __init__(self, path: str, reason: str, case_id: Optional[str] = None):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-        self.case_id = case_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,31 +84,13 @@ def _read_file(path: str, case_id: Optional[str]) -> bytes:
         raise CaseError(path, f"cannot read the file ({type(e).__name__}: {e})", case_id) from e
 
 
-def _inflate_all(data: bytes) -> bytes:
-    """All members of a gzip stream; raises EOFError when the stream is cut short."""
-    parts = []
-    while True:
-        d = zlib.decompressobj(31)
-        parts.append(d.decompress(data))
-        if not d.eof:
-            raise EOFError("compressed file ended before the end-of-stream marker")
-        data = d.unused_data
-        if not data.startswith(_GZIP_MAGIC):   # trailing padding, as gzip itself ignores
-            break
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _decompressed(data: bytes, path: str, case_id: Optional[str]) -> bytes:
-    """Gzip is told by its magic bytes, not by the name: a .nii may hold gzip data and a .nii.gz
-    plain data. The whole stream is inflated with one zlib call (releases the GIL; nibabel's own
-    reader streams through Python's gzip module, about 2x slower)."""
-    if data[:2] != _GZIP_MAGIC:
-        return data
+def _file_size(path: str, case_id: Optional[str]) -> int:
     try:
-        return _inflate_all(data)
-    except (EOFError, zlib.error) as e:
-        raise CaseError(path, f"truncated or corrupt data ({type(e).__name__}: {e})",
-                        case_id) from e
+        return storage.size(path)
+    except FileNotFoundError as e:
+        raise CaseError(path, "file not found", case_id) from e
+    except OSError as e:
+        raise CaseError(path, f"cannot read the file ({type(e).__name__}: {e})", case_id) from e
 
 
 def _nifti_class(data: bytes):
@@ -126,16 +102,45 @@ def _nifti_class(data: bytes):
     return None
 
 
-def _load_nifti(path: str, case_id: Optional[str] = None) -> Tuple[nib.Nifti1Image, bytes]:
-    """(the image parsed by nibabel from the file's bytes, the decompressed bytes). The same
-    code for local files and URIs: no temporary copy on local disk."""
-    data = _decompressed(_read_file(path, case_id), path, case_id)
-    klass = _nifti_class(data)
+def _declared_bytes(klass, head: bytes, path: str, case_id: Optional[str]):
+    """(shape, bytes per voxel, header + voxel bytes) as the header declares them."""
+    try:
+        header = klass.header_class(binaryblock=head[:klass.header_class.sizeof_hdr],
+                                    check=False)
+        shape = header.get_data_shape()
+        itemsize = header.get_data_dtype().itemsize
+        offset = max(int(header.get_data_offset()), klass.header_class.sizeof_hdr)
+    except Exception as e:  # nibabel raises several types for bad headers
+        raise CaseError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})",
+                        case_id) from e
+    voxels = int(np.prod(shape, dtype=np.float64)) if len(shape) else 0
+    return shape, itemsize, offset + voxels * itemsize
+
+
+def _load_nifti(path: str, case_id: Optional[str] = None, limits: ReadLimits = DEFAULT_LIMITS
+                ) -> Tuple[nib.Nifti1Image, bytes]:
+    """(the image parsed by nibabel from the file's header, the decompressed bytes). The same
+    code for local files and URIs: no temporary copy on local disk. The limits are checked
+    before any voxel is read (preprocessing/read_limits.py). Gzip is told by its magic bytes,
+    not by the name: a .nii may hold gzip data and a .nii.gz plain data."""
+    limits.check_file_size(path, _file_size(path, case_id), case_id)
+    raw = _read_file(path, case_id)
+    stream = GzipStream(raw) if raw[:2] == GZIP_MAGIC else None
+    try:
+        head = stream.read(HEADER_BYTES) if stream else raw[:HEADER_BYTES]
+    except zlib.error as e:
+        raise CaseError(path, f"truncated or corrupt data (error: {e})", case_id) from e
+    klass = _nifti_class(head)
     if klass is None:
         raise CaseError(path, "not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)",
                         case_id)
-    try:
-        img = klass.from_bytes(data)
+    shape, itemsize, total = _declared_bytes(klass, head, path, case_id)
+    limits.check_declared(path, shape, itemsize, total, case_id)
+    data = inflate_exactly(stream, head, total, path, case_id) if stream else raw
+    del raw
+    try:   # the header (and extensions) only: the voxels are viewed by _read_stored
+        img = klass.from_bytes(bytes(data[:total - int(np.prod(shape)) * itemsize])
+                               if stream else data)
     except Exception as e:  # nibabel raises several types for bad headers
         raise CaseError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})",
                         case_id) from e
@@ -219,20 +224,22 @@ class StoredCase:
     dicom: Optional[object] = None     # a DICOM input's SeriesGeometry
 
 
-def read_case(files: CaseFiles, timings: Optional[Dict[str, float]] = None) -> StoredCase:
-    """The I/O half of load_case (file read + gunzip + the header checks); zlib releases the GIL,
-    so the conversion runs it in a thread for the next case while it resamples this one. A DICOM
-    series (a folder or .dcm) is read by preprocessing/dicom_volume.py into the same StoredCase."""
+def read_case(files: CaseFiles, timings: Optional[Dict[str, float]] = None,
+              limits: ReadLimits = DEFAULT_LIMITS) -> StoredCase:
+    """The I/O half of load_case (file read + gunzip + the header checks, the size limits
+    first); zlib releases the GIL, so the conversion runs it in a thread for the next case while
+    it resamples this one. A DICOM series (a folder or .dcm) is read by
+    preprocessing/dicom_volume.py into the same StoredCase."""
     from preprocessing import dicom_volume   # imports this module
     if dicom_volume.is_dicom_case(files):
-        return dicom_volume.read_dicom_case(files, timings)
+        return dicom_volume.read_dicom_case(files, timings, limits)
     t = time.perf_counter()
-    image, data = _load_nifti(files.image_path, files.case_id)
+    image, data = _load_nifti(files.image_path, files.case_id, limits)
     stored, slope, inter = _read_stored(image, data, files.image_path, files.case_id)
     del data   # `stored` views it
     label_stored = None
     if files.label_path is not None:
-        label_img, label_data = _load_nifti(files.label_path, files.case_id)
+        label_img, label_data = _load_nifti(files.label_path, files.case_id, limits)
         if label_img.shape != image.shape:
             raise CaseError(files.label_path, f"shape {label_img.shape} differs from the "
                             f"volume's {image.shape}", files.case_id)
@@ -290,9 +297,10 @@ def canonicalize_case(raw: StoredCase, timings: Optional[Dict[str, float]] = Non
     )
 
 
-def load_case(files: CaseFiles, timings: Optional[Dict[str, float]] = None) -> CanonicalCase:
+def load_case(files: CaseFiles, timings: Optional[Dict[str, float]] = None,
+              limits: ReadLimits = DEFAULT_LIMITS) -> CanonicalCase:
     """Reads, checks and canonicalizes one case. Raises CaseError on any problem.
 
     `timings`, when given, accumulates seconds under "read" (file read + gunzip) and
     "canonicalize" (HU scaling, checks, orientation)."""
-    return canonicalize_case(read_case(files, timings), timings)
+    return canonicalize_case(read_case(files, timings, limits), timings)

@@ -21,6 +21,7 @@ ram://), which every Beam worker has.
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import struct
 import time
@@ -88,6 +89,15 @@ def compress_record(data: bytes, level: int, crc: Optional[int] = None) -> Tuple
     return c.compress(header) + c.compress(data) + c.compress(footer) + c.flush(), crc
 
 
+@contextlib.contextmanager
+def _naming(path: str):
+    """An OSError (a full disk: ENOSPC, EFBIG) re-raised naming the file being written."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(f"cannot write {path} ({e})") from e
+
+
 class SpillRecordsFn(beam.DoFn):
     """Pass 1 of write_examples for one split: compress each record into this bundle's temp file,
     emit ((split, bucket), file) the first time the bundle has a record for a bucket, and write
@@ -141,10 +151,11 @@ class SpillRecordsFn(beam.DoFn):
     def _write(self, member: bytes, crc: int, seconds: float):
         self._timings["compress"] = self._timings.get("compress", 0.0) + seconds
         t = time.perf_counter()
-        if self._file is None:
-            self._file = FileSystems.create(self._path,
-                                            compression_type=CompressionTypes.UNCOMPRESSED)
-        self._file.write(member)
+        with _naming(self._path):
+            if self._file is None:
+                self._file = FileSystems.create(self._path,
+                                                compression_type=CompressionTypes.UNCOMPRESSED)
+            self._file.write(member)
         self._index.append((crc % self._buckets, self._offset, len(member), crc))
         self._offset += len(member)
         lap(self._timings, "write", t)
@@ -154,9 +165,10 @@ class SpillRecordsFn(beam.DoFn):
             self._pop()
         if self._file is not None:
             t = time.perf_counter()
-            self._file.close()
-            with FileSystems.create(index_path(self._path),
-                                    compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            with _naming(self._path):
+                self._file.close()
+            with _naming(index_path(self._path)), FileSystems.create(
+                    index_path(self._path), compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 f.write(b"".join(_INDEX_ENTRY.pack(*entry) for entry in self._index))
             lap(self._timings, "write", t)
         self._stages.add(self._timings)
@@ -182,8 +194,8 @@ class MergeBucketFn(beam.DoFn):
     INDEX_CACHE_ENTRIES = 2_000_000   # ~100 bytes each: ~200 MB per worker at the most
 
     def __init__(self, split_dirs: Dict[str, str], num_buckets: Dict[str, int], prefix: str,
-                 suffix: str, seed: int):
-        self._dirs, self._buckets = split_dirs, num_buckets
+                 suffix: str, seed: int, temp_dir: str):
+        self._dirs, self._buckets, self._temp_dir = split_dirs, num_buckets, temp_dir
         self._prefix, self._suffix, self._seed = prefix, suffix, seed
 
     def setup(self):
@@ -229,12 +241,28 @@ class MergeBucketFn(beam.DoFn):
         random.Random(f"{self._seed}:{split}:{bucket}").shuffle(blobs)
         path = FileSystems.join(self._dirs[split], shard_name(
             self._prefix, bucket, max(1, self._buckets[split]), self._suffix))
-        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            for _, _, blob in blobs:
-                f.write(blob)
+        write_whole(path, blobs, self._temp_dir)
         self._stages.add({"merge": time.perf_counter() - t})
         self._records.inc(len(blobs))
         yield split, len(blobs)
+
+
+def write_whole(path: str, blobs, temp_dir: str) -> None:
+    """The shard at `path`, written under a temporary name in `temp_dir` and renamed onto `path`
+    when complete: a write that fails (a full disk) or is interrupted leaves no partial shard
+    that the Transform would read. The error names the shard."""
+    tmp = FileSystems.join(temp_dir, f"shard-{uuid.uuid4().hex}.writing")
+    try:
+        with _naming(path), FileSystems.create(
+                tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for _, _, blob in blobs:
+                f.write(blob)
+        if FileSystems.exists(path):   # a retried bundle: the same records, rewritten
+            FileSystems.delete([path])
+        FileSystems.rename([tmp], [path])
+    finally:
+        if FileSystems.exists(tmp):
+            FileSystems.delete([tmp])
 
 
 def write_examples(examples: Dict[str, beam.PCollection], split_dirs: Dict[str, str],
@@ -259,7 +287,7 @@ def write_examples(examples: Dict[str, beam.PCollection], split_dirs: Dict[str, 
             | f"{label}Index" >> beam.Flatten()
             | f"{label}GroupBuckets" >> beam.GroupByKey()
             | f"{label}Merge" >> beam.ParDo(MergeBucketFn(split_dirs, num_buckets, prefix,
-                                                          suffix, seed)))
+                                                          suffix, seed, temp_dir)))
 
 
 def remove_temp_dir(temp_dir: str):

@@ -143,3 +143,28 @@ def test_fractional_seg_and_seg_of_nifti_input(setup, tmp_path):
     code, _, stderr = _run("--model", model, "--input", str(work / "reference.nii.gz"),
                            "--output", str(tmp_path / "m.nii.gz"), "--output_format", "seg")
     assert code == 1 and "needs a DICOM series input" in stderr
+
+
+def test_a_model_that_returns_the_label_writes_the_label_in_world_space(setup, tmp_path):
+    """The phantom's labels coded as HU the threshold model maps back to them (liver 60, tumour
+    30, else -100): the NIfTI mask and the SEG of a sagittal, rescaled series are the phantom's
+    label in world space."""
+    work, model, _ = setup
+    labels = np.asarray(PHANTOM.segmentation, dtype=np.uint8)
+    assert np.count_nonzero(labels == 2)
+    coded = np.select([labels == 2, labels == 1], [30, 60], -100).astype(np.int16)
+    folder = str(tmp_path / "coded")
+    write_series(folder, *reorient(coded, AFFINE, *SERIES["sagittal"]), slope=0.5,
+                 intercept=-1000.0, reverse_instances=True)
+    out = str(tmp_path / "out")
+    code, _, stderr = _run("--model", model, "--input", folder, "--output", out,
+                           "--output_format", "both", "--no-postprocess")
+    assert code == 0, stderr
+    mask, mask_affine = _canonical(os.path.join(out, "coded_mask.nii.gz"))
+    np.testing.assert_allclose(mask_affine, AFFINE, atol=1e-3)
+    np.testing.assert_array_equal(mask, labels)
+    geometry = _geometry(folder)
+    seg_labels = read_seg_labels(os.path.join(out, "coded_seg.dcm"),
+                                 geometry.sop_instance_uids, geometry.shape)
+    seg_world = nib.as_closest_canonical(nib.Nifti1Image(seg_labels, geometry.affine))
+    np.testing.assert_array_equal(np.asarray(seg_world.dataobj), labels)
