@@ -28,7 +28,7 @@ import argparse
 import dataclasses
 
 from inference.postprocess import PostprocessSettings
-from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
+from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits, add_read_limit_flags
 
 # Test-time mirroring: for each mode, the in-plane axes of a [Z, H, W, K] stack to flip, one
 # subset per model pass (inference/segmenter.py mirrors each answer back and averages them).
@@ -98,12 +98,7 @@ def add_inference_flags(p: argparse.ArgumentParser, postprocess_help: str) -> No
     p.add_argument("--min_tumour_volume_mm3", type=float,
                    default=defaults.min_tumour_volume_mm3,
                    help="post-processing: smaller tumour components become liver")
-    p.add_argument("--max_voxels", type=int, default=defaults.max_voxels,
-                   help="an input whose header declares more voxels is refused unread "
-                        "(default %(default)s)")
-    p.add_argument("--max_inflated_bytes", type=int, default=defaults.max_inflated_bytes,
-                   help="an input file larger than this, inflated, is refused and its read "
-                        "stopped there (default %(default)s)")
+    add_read_limit_flags(p, defaults.read_limits())
 
 
 def inference_options(args: argparse.Namespace) -> InferenceConfig:

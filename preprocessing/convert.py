@@ -47,6 +47,7 @@ from preprocessing.conversion_plan import plan_conversion
 from preprocessing.conversion_report import check_conversion, summarize_conversion
 from preprocessing.conversion_settings import (ConversionSettings, conversion_beam_args,
                                                with_local_runner)
+from preprocessing.read_limits import add_read_limit_flags
 from preprocessing.shard_writer import remove_temp_dir
 from preprocessing.slices import SliceConfig
 from preprocessing.splits import EVAL, TRAIN
@@ -89,11 +90,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--compress_threads", type=int, default=c.compress_threads)
     p.add_argument("--no_prefetch", action="store_true",
                    help="do not read the next case while converting one (less memory)")
-    p.add_argument("--max_voxels", type=int, default=c.max_voxels,
-                   help="a volume whose header declares more voxels is quarantined unread")
-    p.add_argument("--max_inflated_bytes", type=int, default=c.max_inflated_bytes,
-                   help="a file larger than this, inflated (as declared, or as it inflates), "
-                        "is quarantined; the read stops there")
+    add_read_limit_flags(p, c.read_limits())   # over them a case is quarantined
     p.add_argument("--overwrite", action="store_true",
                    help="replace shards of an earlier run in --output")
     p.add_argument("--beam_arg", action="append", default=[],

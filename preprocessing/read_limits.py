@@ -71,6 +71,16 @@ class ReadLimits:
 DEFAULT_LIMITS = ReadLimits()
 
 
+def add_read_limit_flags(p, defaults: ReadLimits = DEFAULT_LIMITS) -> None:
+    """--max_voxels and --max_inflated_bytes (the converter, predict.py, the volume eval)."""
+    p.add_argument("--max_voxels", type=int, default=defaults.max_voxels,
+                   help="an input whose header declares more voxels is refused unread "
+                        "(default %(default)s)")
+    p.add_argument("--max_inflated_bytes", type=int, default=defaults.max_inflated_bytes,
+                   help="an input file larger than this, inflated, is refused and its read "
+                        "stopped there (default %(default)s)")
+
+
 class GzipStream:
     """Inflates a gzip byte string (all its members) on demand, `read(n)` bytes at a time."""
 
