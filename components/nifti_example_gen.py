@@ -83,7 +83,8 @@ class Executor(BaseExampleGenExecutor):
         plan = self._plan(settings, exec_properties)
         examples, _, _ = convert_cases(pipeline, plan.cases, plan.errors, [TRAIN, EVAL],
                                        settings.slices, prefetch=settings.prefetch,
-                                       read_limits=settings.read_limits())
+                                       read_limits=settings.read_limits(),
+                                       volumes_in_flight=settings.max_volumes_in_flight)
         return examples
 
     @staticmethod
@@ -125,7 +126,8 @@ class Executor(BaseExampleGenExecutor):
                     pipeline, plan, settings.slices, split_dirs, report_dir, temp_dir,
                     compression_level=settings.compression_level,
                     compress_threads=settings.compress_threads, seed=settings.split_seed,
-                    prefetch=settings.prefetch, read_limits=settings.read_limits())
+                    prefetch=settings.prefetch, read_limits=settings.read_limits(),
+                    volumes_in_flight=settings.max_volumes_in_flight)
         finally:
             close_runner_client(pipeline)
             remove_temp_dir(temp_dir)

@@ -15,6 +15,7 @@ from tfx import v1 as tfx
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from components.anomalies_gate import validation_components
+from components.atomic_pusher import with_atomic_push
 from components.byte_size_batching import with_byte_size_batching
 from components.nifti_example_gen import NiftiExampleGen
 from components.packaged_schema_gen import PackagedSchemaGen
@@ -78,12 +79,12 @@ def _evaluate_and_push(config: PipelineConfig, transform, trainer, classes: str,
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"] if model_resolver else None,
         eval_config=eval_config))
-    pusher = tfx.components.Pusher(
+    pusher = with_atomic_push(tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=config.serving_dir)))
+                base_directory=config.serving_dir))))
     # Full volumes, every slice, LiTS metrics and the HTML report: read by people, not a gate.
     full_volumes = volume_evaluator(
         trainer.outputs["model"], config.input_base, config.example_gen,

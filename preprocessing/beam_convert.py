@@ -7,7 +7,7 @@ executor and the standalone converter (preprocessing/convert.py). It only compos
   conversion_report.py  quarantine / case summary files, the summary and its checks
   conversion_stages.py  the Beam counters and timed stages shared by the above
 
-Memory is bounded by about one volume per worker (see case_conversion.py and shard_writer.py).
+Memory is bounded by max_volumes_in_flight volumes per worker process (volume_slots.py).
 Bad cases never disappear: each becomes a quarantine record (file, case id, reason), and every
 case, good or bad, is counted, so that input cases == converted + quarantined.
 
@@ -34,6 +34,7 @@ from preprocessing.nifti import CaseError, CaseFiles
 from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
 from preprocessing.shard_writer import write_examples
 from preprocessing.slices import SliceConfig
+from preprocessing.volume_slots import DEFAULT_VOLUMES_IN_FLIGHT
 from schema.contract import CASES_FILE, QUARANTINE_FILE
 
 
@@ -46,11 +47,12 @@ def drops_bundle_end_outputs(pipeline: beam.Pipeline) -> bool:
 def convert_cases(pipeline: beam.Pipeline, cases: List[Tuple[CaseFiles, str]],
                   discovery_errors: Iterable[CaseError], split_names: List[str],
                   slice_config: SliceConfig, prefetch: bool = True,
-                  read_limits: ReadLimits = DEFAULT_LIMITS
+                  read_limits: ReadLimits = DEFAULT_LIMITS,
+                  volumes_in_flight: int = DEFAULT_VOLUMES_IN_FLIGHT
                   ) -> Tuple[Dict[str, beam.PCollection], beam.PCollection, beam.PCollection]:
     """Adds the conversion to `pipeline`. Returns (serialized tf.Examples by split, quarantine
     JSON lines, per-case summary JSON lines). A volume over `read_limits` is quarantined
-    unread."""
+    unread; a worker process holds at most `volumes_in_flight` volumes (volume_slots.py)."""
     if prefetch and drops_bundle_end_outputs(pipeline):
         # The prefetching DoFn emits a bundle's last case from finish_bundle.
         logging.info("Case prefetch off: the %s drops outputs of finish_bundle",
@@ -59,11 +61,12 @@ def convert_cases(pipeline: beam.Pipeline, cases: List[Tuple[CaseFiles, str]],
     tagged = (
         pipeline
         | "ListCases" >> beam.Create(cases)
-        # Spread cases over workers: each worker then holds one volume at a time.
+        # Spread cases over workers; each worker process then holds at most volumes_in_flight.
         | "SpreadCases" >> beam.Reshuffle()
         | "ConvertCases" >> beam.ParDo(ConvertCaseFn(slice_config.to_dict(), prefetch,
                                                     total_cases=len(cases),
-                                                    read_limits=read_limits.to_dict())))
+                                                    read_limits=read_limits.to_dict(),
+                                                    volumes_in_flight=volumes_in_flight)))
     outputs = {tag: tagged | f"Select[{tag}]" >> beam.ParDo(SelectTag(tag))
                for tag in (QUARANTINE_TAG, SUMMARY_TAG, *split_names)}
     discovery_quarantine = (
@@ -92,15 +95,16 @@ def add_conversion(pipeline: beam.Pipeline, plan: ConversionPlan, slice_config: 
                    compression_level: int = DEFAULT_COMPRESSION_LEVEL,
                    compress_threads: int = DEFAULT_COMPRESS_THREADS,
                    prefix: str = "data_tfrecord", suffix: str = ".gz", seed: int = 0,
-                   prefetch: bool = True, read_limits: ReadLimits = DEFAULT_LIMITS
-                   ) -> beam.PCollection:
+                   prefetch: bool = True, read_limits: ReadLimits = DEFAULT_LIMITS,
+                   volumes_in_flight: int = DEFAULT_VOLUMES_IN_FLIGHT) -> beam.PCollection:
     """The whole conversion on `pipeline`: examples written per split, the quarantine report and
     the per-case summaries written to `report_dir` (QUARANTINE_FILE, CASES_FILE). Add nothing to
     the pipeline after it: the returned step, fed by every sink, must be the pipeline's last
     (all the DaskRunner runs)."""
     splits = list(split_dirs)
     examples, quarantine, summaries = convert_cases(pipeline, plan.cases, plan.errors, splits,
-                                                    slice_config, prefetch, read_limits)
+                                                    slice_config, prefetch, read_limits,
+                                                    volumes_in_flight)
     shards = write_examples(examples, split_dirs, temp_dir,
                             {s: max(1, plan.cases_in(s)) for s in splits}, compression_level,
                             compress_threads, prefix, suffix, seed)

@@ -29,6 +29,7 @@ from preprocessing.examples import example_bytes, label_stats
 from preprocessing.nifti import CaseError, CaseFiles, StoredCase, canonicalize_case, read_case
 from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
 from preprocessing.slices import SliceConfig, prepare_slices, stack_context_zhw
+from preprocessing.volume_slots import DEFAULT_VOLUMES_IN_FLIGHT, VolumeSlots, process_slots
 from schema.contract import CONSOLE_LOGGER, progress_interval
 
 QUARANTINE_TAG = "quarantine"
@@ -85,6 +86,16 @@ def _read_quietly(files: CaseFiles, limits: ReadLimits):
         return None, timings, e
 
 
+def _read_in_slot(slots: VolumeSlots, files: CaseFiles, limits: ReadLimits):
+    """_read_quietly by a caller holding a slot; the slot is given back if the read fails
+    unexpectedly (a CaseError result keeps it until the quarantine record is out)."""
+    try:
+        return _read_quietly(files, limits)
+    except BaseException:
+        slots.release()
+        raise
+
+
 # Progress of the conversion goes to the console's logger: the first case, then at most one
 # line per interval, and the last.
 
@@ -126,46 +137,73 @@ class ConvertCaseFn(beam.DoFn):
     summary) or (QUARANTINE_TAG, quarantine record) per case.
 
     With `prefetch`, the next case's files are read (gunzip: zlib releases the GIL) in a thread
-    while this case is resampled and serialized, so a worker holds one case being converted and
-    one being read; outputs then lag one element behind (the last case is emitted when the bundle
-    ends; a runner that drops what finish_bundle emits, like the DaskRunner, needs prefetch off)."""
+    while this case is resampled and serialized; outputs then lag one element behind (the last
+    case is emitted when the bundle ends; a runner that drops what finish_bundle emits, like the
+    DaskRunner, needs prefetch off). Every volume held takes one of the process's
+    `volumes_in_flight` slots (volume_slots.py): a read ahead happens only when a slot is free,
+    otherwise the case is read when its turn comes."""
 
     def __init__(self, slice_config: dict, prefetch: bool = True,
-                 total_cases: Optional[int] = None, read_limits: Optional[dict] = None):
+                 total_cases: Optional[int] = None, read_limits: Optional[dict] = None,
+                 volumes_in_flight: int = DEFAULT_VOLUMES_IN_FLIGHT):
         self._config_dict = slice_config
         self._limits_dict = read_limits
         self._prefetch = prefetch
         self._total_cases = total_cases
+        self._volumes_in_flight = int(volumes_in_flight)
         self._config = None
 
     def setup(self):
         self._config = SliceConfig.from_dict(self._config_dict)
         self._limits = ReadLimits(**self._limits_dict) if self._limits_dict else DEFAULT_LIMITS
+        self._slots = process_slots(self._volumes_in_flight)
         self._cases = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "cases_converted")
         self._bad = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "cases_quarantined")
         self._slices = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "slices_written")
         self._input_slices = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "input_slices")
+        self._held = beam.metrics.Metrics.gauge(COUNTER_NAMESPACE, "volumes_in_flight_max")
         self._stages = StageCounters()
         self._reader = ThreadPoolExecutor(1) if self._prefetch else None
         self._progress = _CaseProgress(self._total_cases)
+        self._ahead = None
 
     def start_bundle(self):
+        # A failed bundle may have left a case read ahead: give its slot back.
+        if self._ahead is not None and self._ahead[1] is not None:
+            if self._ahead[1].exception() is None:
+                self._slots.release()
         self._ahead = None
+
+    def _read_now(self, files: CaseFiles):
+        self._slots.acquire()
+        return _read_in_slot(self._slots, files, self._limits)
+
+    def _read_ahead(self, files: CaseFiles):
+        """A future of the read when a slot is free now, else None (read at its turn)."""
+        if not self._slots.acquire(blocking=False):
+            return None
+        return self._reader.submit(_read_in_slot, self._slots, files, self._limits)
+
+    def _take_ahead(self):
+        """The case read ahead and its read result (waiting for it, or reading it now)."""
+        (element, future), self._ahead = self._ahead, None
+        return element, (future.result() if future is not None else self._read_now(element[0]))
 
     def process(self, element):   # (CaseFiles, split)
         if self._reader is None:
-            yield from self._convert(element, *_read_quietly(element[0], self._limits))
+            yield from self._convert(element, *self._read_now(element[0]))
             return
-        previous, self._ahead = self._ahead, (element, self._reader.submit(_read_quietly,
-                                                                           element[0],
-                                                                           self._limits))
+        previous = self._take_ahead() if self._ahead is not None else None
+        # The previous case holds its slot before this one may take another: a process never
+        # waits for a slot while holding one of its own that it has not started converting.
+        self._ahead = (element, self._read_ahead(element[0]))
         if previous is not None:
-            yield from self._convert(previous[0], *previous[1].result())
+            yield from self._convert(previous[0], *previous[1])
 
     def finish_bundle(self):
         if self._ahead is not None:
-            (element, future), self._ahead = self._ahead, None
-            for out in self._convert(element, *future.result()):
+            element, read = self._take_ahead()
+            for out in self._convert(element, *read):
                 yield WindowedValue(out, window.MIN_TIMESTAMP, [window.GlobalWindow()])
 
     def teardown(self):
@@ -174,6 +212,15 @@ class ConvertCaseFn(beam.DoFn):
 
     def _convert(self, element: Tuple[CaseFiles, str], raw: Optional[StoredCase],
                  timings: Dict[str, float], error: Optional[CaseError]):
+        """Emits one case's outputs, then gives back the slot its volume held."""
+        try:
+            self._held.set(self._slots.high_water)
+            yield from self._emit(element, raw, timings, error)
+        finally:
+            self._slots.release()
+
+    def _emit(self, element: Tuple[CaseFiles, str], raw: Optional[StoredCase],
+              timings: Dict[str, float], error: Optional[CaseError]):
         files, split = element
         try:
             if error is not None:

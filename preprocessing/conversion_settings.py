@@ -8,6 +8,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from preprocessing.read_limits import DEFAULT_LIMITS, ReadLimits
+from preprocessing.volume_slots import DEFAULT_VOLUMES_IN_FLIGHT
 from preprocessing.slices import SliceConfig
 
 # zlib level of the output gzip. Level 1 is ~5x faster than TFX's level 6 on windowed CT slices
@@ -79,6 +80,9 @@ class ConversionSettings:
     compression_level: int = DEFAULT_COMPRESSION_LEVEL   # zlib level of the example shards
     compress_threads: int = DEFAULT_COMPRESS_THREADS     # threads compressing the shards
     prefetch: bool = True             # read the next case while converting one
+    # Volumes one worker process holds at once, whatever its threads (volume_slots.py); 1 turns
+    # the read-ahead off in effect.
+    max_volumes_in_flight: int = DEFAULT_VOLUMES_IN_FLIGHT
     max_voxels: int = DEFAULT_LIMITS.max_voxels   # more, as declared: quarantined, unread
     max_inflated_bytes: int = DEFAULT_LIMITS.max_inflated_bytes   # per file, inflated: same
 
@@ -103,7 +107,7 @@ class ConversionSettings:
             d["eval_cases"] = list(d["eval_cases"])
         # A protobuf Struct (the custom_config) brings every number back as a float.
         for name in ("split_seed", "compression_level", "compress_threads", "max_voxels",
-                     "max_inflated_bytes"):
+                     "max_inflated_bytes", "max_volumes_in_flight"):
             if name in d:
                 d[name] = int(d[name])
         return cls(slices=slices, **d)

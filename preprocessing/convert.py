@@ -90,6 +90,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--compress_threads", type=int, default=c.compress_threads)
     p.add_argument("--no_prefetch", action="store_true",
                    help="do not read the next case while converting one (less memory)")
+    p.add_argument("--max_volumes_in_flight", type=int, default=c.max_volumes_in_flight,
+                   help="volumes one worker process holds at once, over all its threads "
+                        "(default %(default)s: one converted, one read ahead)")
     add_read_limit_flags(p, c.read_limits())   # over them a case is quarantined
     p.add_argument("--overwrite", action="store_true",
                    help="replace shards of an earlier run in --output")
@@ -99,6 +102,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if len(args.size) not in (1, 2):
         p.error("--size takes one or two values")
+    if args.max_volumes_in_flight < 1:
+        p.error("--max_volumes_in_flight must be at least 1")
     return args
 
 
@@ -117,7 +122,8 @@ def settings_from_args(args: argparse.Namespace) -> ConversionSettings:
         manifest=storage.absolute(args.manifest) if args.manifest else None,
         allow_unlabeled=args.allow_unlabeled, compression_level=args.compression_level,
         compress_threads=args.compress_threads, prefetch=not args.no_prefetch,
-        max_voxels=args.max_voxels, max_inflated_bytes=args.max_inflated_bytes)
+        max_voxels=args.max_voxels, max_inflated_bytes=args.max_inflated_bytes,
+        max_volumes_in_flight=args.max_volumes_in_flight)
 
 
 def beam_options(beam_args: List[str]) -> PipelineOptions:
@@ -166,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
                            compress_threads=settings.compress_threads,
                            prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX,
                            seed=settings.split_seed, prefetch=settings.prefetch,
-                           read_limits=settings.read_limits())
+                           read_limits=settings.read_limits(),
+                           volumes_in_flight=settings.max_volumes_in_flight)
     finally:
         close_runner_client(pipeline)
         remove_temp_dir(temp_dir)

@@ -3,16 +3,22 @@ from __future__ import annotations
 
 import glob
 import os
+import tempfile
 
 import pytest
 
 import local_runner
 from pipeline.summary import collect_run_summary
 
+# One machine cache of the precision probe (trainer/precision.py) for the session, in a new
+# folder: the session's first Trainer measures, every later one (subprocesses too) reads it, and
+# the user's own ~/.cache is left alone.
+os.environ.setdefault("UNET3P_CACHE_DIR", tempfile.mkdtemp(prefix="unet3plus-test-cache-"))
+
 
 # Fixtures that run the tiny pipeline: a test that uses one is marked `pipeline` for it, so the
 # mark says what a test costs whatever its author wrote.
-PIPELINE_FIXTURES = {"runs", "rejected_run"}
+PIPELINE_FIXTURES = {"runs", "rejected_run", "shell_runs"}
 
 
 def pytest_collection_modifyitems(items):
@@ -34,6 +40,13 @@ def runs(tmp_path_factory):
     first = _run(output_dir)
     second = _run(output_dir)
     return output_dir, first, second
+
+
+@pytest.fixture(scope="session")
+def shell_runs(tmp_path_factory):
+    """[piped `python local_runner.py`, `tfx` CLI create + run], both at once (shell_runs.py)."""
+    from shell_runs import run_both
+    return run_both(tmp_path_factory.mktemp("console"), tmp_path_factory.mktemp("tfx_cli"))
 
 
 @pytest.fixture(scope="session")

@@ -1,31 +1,18 @@
 """What a person sees while the pipeline runs (pipeline/console.py, trainer/progress.py): the
 tiny pipeline run as a user runs it, with stdout and stderr piped (pytest's own warning filters
-must not hide what the real console would show, hence the subprocess)."""
+must not hide what the real console would show, hence the subprocess: tests/shell_runs.py)."""
 from __future__ import annotations
 
 import glob
-import os
 import re
-import subprocess
-import sys
-
-import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from pathlib import Path
 
 COMPONENTS = ("NiftiExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator", "Pusher")
 
 
-@pytest.mark.pipeline
-def test_piped_run_shows_progress_and_logs_everything_to_a_file(tmp_path):
-    out_dir = tmp_path / "outputs"
-    env = dict(os.environ, UNET3P_PROGRESS_INTERVAL="2")
-    for name in ("PYTHONWARNINGS", "TF_CPP_MIN_LOG_LEVEL", "UNET3P_VERBOSE"):
-        env.pop(name, None)   # as a user's shell has them
-    proc = subprocess.run(
-        [sys.executable, "local_runner.py", "--profile", "tiny", "--output_dir", str(out_dir)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        timeout=900)
+def test_piped_run_shows_progress_and_logs_everything_to_a_file(shell_runs):
+    proc = shell_runs[0]   # tests/shell_runs.py: piped_local_run
+    out_dir = Path(proc.args[proc.args.index("--output_dir") + 1])
     console = proc.stdout + proc.stderr
     assert proc.returncode == 0, console[-4000:]
     lines = console.splitlines()

@@ -92,8 +92,9 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert P.cpu_flags(str(tmp_path / "missing")) == frozenset()
 
 
-def test_probe_is_bounded_in_time_and_cached(tmp_path):
+def test_probe_is_bounded_in_time_and_cached(tmp_path, monkeypatch):
     filters, skip = TINY_WIDTHS
+    monkeypatch.setenv("UNET3P_CACHE_DIR", str(tmp_path / "machine"))
     probe = P.cached_probe(filters, skip, str(tmp_path))
     start = time.perf_counter()
     fp32_s, bf16_s = probe()
@@ -108,6 +109,12 @@ def test_probe_is_bounded_in_time_and_cached(tmp_path):
     start = time.perf_counter()
     assert probe() == (fp32_s, bf16_s)
     assert time.perf_counter() - start < 1.0
+    # Another pipeline root on this machine reads the machine's cache, and keeps a copy.
+    start = time.perf_counter()
+    assert P.cached_probe(filters, skip, str(tmp_path / "root2"))() == (fp32_s, bf16_s)
+    assert time.perf_counter() - start < 1.0
+    assert json.loads((tmp_path / "root2" / P.PROBE_FILE).read_text()) == cache
+    assert json.loads((tmp_path / "machine" / P.PROBE_FILE).read_text()) == cache
     # Another width is another entry.
     P.cached_probe((8, 16, 32, 64, 128), 8, str(tmp_path))()
     assert len(json.loads((tmp_path / P.PROBE_FILE).read_text())) == 2

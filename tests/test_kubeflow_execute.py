@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -65,19 +66,6 @@ def _compile(target: str, output: Path, pipeline_root, data_root, serving_dir,
         assert kubeflow_runner.main(argv) == 0
     except SystemExit as exit_:   # argparse: e.g. a flag this runner does not know
         pytest.fail(f"kubeflow_runner.main({argv}) exited {exit_.code}; see its stderr")
-
-
-def _run_compiled(target: str, image, tiny_ct: Path, tmp_path: Path, capsys):
-    compiled = tmp_path / ("pipeline.yaml" if target == "kfp" else "pipeline.json")
-    root, serving = tmp_path / "pipeline_root", tmp_path / "serving"
-    _compile(target, compiled, root, tiny_ct, serving)
-    with capsys.disabled():
-        print(f"\n[{target}] running {compiled} with {image.python}")
-        runs = harness.run_pipeline(compiled, image.python, root=str(root), run_id="run-1",
-                                    mode=target, local_root=str(tmp_path / "pods"),
-                                    log=lambda line: print(f"[{target}] {line}", flush=True))
-        print(harness.format_timings(runs))
-    return compiled, runs, serving
 
 
 def _assert_blessed_and_pushed(runs, serving: Path) -> None:
@@ -198,17 +186,6 @@ def test_tfx_entrypoint_alone_fails_on_kfp(image, tiny_ct, tmp_path):
     assert set(failed.value.runs) == {"NiftiExampleGen", "PackagedSchemaGen"}
 
 
-def test_vertex_target_runs_blesses_and_pushes(image, tiny_ct, tmp_path, capsys):
-    compiled, runs, serving = _run_compiled("vertex", image, tiny_ct, tmp_path, capsys)
-    document = json.loads(compiled.read_text())
-    assert document["pipelineSpec"]["schemaVersion"] == "2.0.0"
-    assert any(run.resolver for run in runs.values()), "vertex compiles the baseline resolver"
-    _assert_driver_ran(compiled, runs)
-    _assert_blessed_and_pushed(runs, serving)
-    _assert_full_volume_report(runs)
-    _assert_portable(compiled)
-
-
 def docs_launcher_config(endpoint: str) -> dict:
     """The kfp-launcher ConfigMap's data as docs/deploy.md gives it, ENDPOINT filled in."""
     import re
@@ -224,51 +201,88 @@ def docs_launcher_config(endpoint: str) -> dict:
     return dict(data, providers=data["providers"].replace("ENDPOINT", endpoint))
 
 
-def test_kfp_target_runs_blesses_and_pushes_on_object_storage(image, tiny_ct, tmp_path, capsys):
-    """The kfp file as KFP runs it, with pipeline root, data root and serving dir in S3 (moto's
-    server on loopback, as MinIO or SeaweedFS on a cluster; KFP takes no local root): KFP's
-    launcher, set up by the docs'
-    kfp-launcher ConfigMap and the `mlpipeline-minio-artifact` secret, downloads each task's
-    inputs to the pod's /s3 and uploads its log; every task reads and writes its artifacts in
-    the bucket, exits 0 (components.task_entrypoint keeps the status tensorflow-io's s3://
-    would abort at exit), and a blessed model lands in the serving bucket."""
+BUCKET = "unet3plus-kfp"
+
+
+def _run(label: str, mode: str, compiled: Path, image, **options):
+    runs = harness.run_pipeline(compiled, image.python, run_id="run-1", mode=mode,
+                                log=lambda line: print(f"[{label}] {line}", flush=True),
+                                **options)
+    print(f"[{label}]", harness.format_timings(runs), flush=True)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def executed(image, tiny_ct, tmp_path_factory):
+    """Both compiled files executed at once (each task is mostly one busy thread, so two runs
+    overlap on two cores instead of queueing): the vertex file on local disk, the kfp file with
+    pipeline root, data root and serving dir in S3. The S3 server stays up for the tests."""
     from s3_server import s3_server
-    bucket = "unet3plus-kfp"
-    with s3_server(bucket) as s3:
-        s3.upload_folder(str(tiny_ct), bucket, "lits")
-        compiled = tmp_path / "pipeline.yaml"
-        _compile("kfp", compiled, f"s3://{bucket}/root", f"s3://{bucket}/lits",
-                 f"s3://{bucket}/serving", [f"--beam_arg=--s3_endpoint_url={s3.endpoint}"])
+    vertex_dir, kfp_dir = tmp_path_factory.mktemp("vertex"), tmp_path_factory.mktemp("kfp")
+    with s3_server(BUCKET) as s3:
+        s3.upload_folder(str(tiny_ct), BUCKET, "lits")
+        vertex = vertex_dir / "pipeline.json"
+        _compile("vertex", vertex, vertex_dir / "pipeline_root", tiny_ct, vertex_dir / "serving")
+        kfp = kfp_dir / "pipeline.yaml"
+        _compile("kfp", kfp, f"s3://{BUCKET}/root", f"s3://{BUCKET}/lits",
+                 f"s3://{BUCKET}/serving", [f"--beam_arg=--s3_endpoint_url={s3.endpoint}"])
         launcher_config = docs_launcher_config(s3.endpoint.split("://", 1)[1])
         secrets = {"mlpipeline-minio-artifact": {"accesskey": s3.env["AWS_ACCESS_KEY_ID"],
                                                  "secretkey": s3.env["AWS_SECRET_ACCESS_KEY"]}}
-        pods = tmp_path / "pods"
-        with capsys.disabled():
-            print(f"\n[kfp on s3] running {compiled} with {image.python}")
-            runs = harness.run_pipeline(
-                compiled, image.python, root=f"s3://{bucket}/root", run_id="run-1", mode="kfp",
-                local_root=str(pods), launcher_config=launcher_config, secrets=secrets,
-                env=s3.env, log=lambda line: print(f"[kfp on s3] {line}", flush=True))
-            print(harness.format_timings(runs))
-        blessings = harness.produced_of_type(runs, "tfx.ModelBlessing")
-        assert len(blessings) == 1 and blessings[0][2]["uri"].startswith(f"s3://{bucket}/root/")
-        assert blessings[0][2]["metadata"].get("blessed") == 1, blessings
-        blessing_key = blessings[0][2]["uri"].split(f"s3://{bucket}/", 1)[1]
-        assert f"{blessing_key}/BLESSED" in s3.keys(bucket, blessing_key)
-        pushed = harness.produced_of_type(runs, "tfx.PushedModel")[0][2]
-        destination = pushed["metadata"].get("pushed_destination", "")
-        assert destination.startswith(f"s3://{bucket}/serving/"), pushed
-        serving_key = destination.split(f"s3://{bucket}/", 1)[1]
-        assert f"{serving_key.rstrip('/')}/saved_model.pb" in s3.keys(bucket, serving_key)
-        evaluation = harness.produced_of_type(runs, "components.VolumeEvaluation")[0][2]
-        folder = evaluation["uri"].split(f"s3://{bucket}/", 1)[1]
-        assert {f"{folder}/metrics.json", f"{folder}/eval_report.html"} <= set(
-            s3.keys(bucket, folder))
-        # The launcher's side: the Pusher's inputs were downloaded to its pod's /s3, and every
-        # task's log was uploaded beside its outputs.
-        assert list((pods / "run-1" / "Pusher" / "s3" / bucket).rglob("saved_model.pb"))
-        logs = [k for k in s3.keys(bucket, "root/") if k.endswith("/executor-logs")]
-        assert len(logs) == len(runs), logs
+        with ThreadPoolExecutor(2) as pool:
+            vertex_runs = pool.submit(_run, "vertex", "vertex", vertex, image,
+                                      root=str(vertex_dir / "pipeline_root"),
+                                      local_root=str(vertex_dir / "pods"))
+            kfp_runs = pool.submit(_run, "kfp on s3", "kfp", kfp, image, root=f"s3://{BUCKET}/root",
+                                   local_root=str(kfp_dir / "pods"),
+                                   launcher_config=launcher_config, secrets=secrets,
+                                   env=s3.env)
+            # Fixtures print to the captured output: a failure shows each task's lines.
+            results = {"vertex": (vertex, vertex_runs.result(), vertex_dir / "serving"),
+                       "kfp": (kfp, kfp_runs.result(), kfp_dir / "pods")}
+        yield results, s3
+
+
+def test_vertex_target_runs_blesses_and_pushes(executed):
+    compiled, runs, serving = executed[0]["vertex"]
+    document = json.loads(compiled.read_text())
+    assert document["pipelineSpec"]["schemaVersion"] == "2.0.0"
+    assert any(run.resolver for run in runs.values()), "vertex compiles the baseline resolver"
+    _assert_driver_ran(compiled, runs)
+    _assert_blessed_and_pushed(runs, serving)
+    _assert_full_volume_report(runs)
+    _assert_portable(compiled)
+
+
+def test_kfp_target_runs_blesses_and_pushes_on_object_storage(executed):
+    """The kfp file as KFP runs it, with pipeline root, data root and serving dir in S3 (moto's
+    server on loopback, as MinIO or SeaweedFS on a cluster; KFP takes no local root): KFP's
+    launcher, set up by the docs' kfp-launcher ConfigMap and the `mlpipeline-minio-artifact`
+    secret, downloads each task's inputs to the pod's /s3 and uploads its log; every task reads
+    and writes its artifacts in the bucket, exits 0 (components.task_entrypoint keeps the
+    status tensorflow-io's s3:// would abort at exit), and a blessed model lands in the serving
+    bucket."""
+    (compiled, runs, pods), s3 = executed[0]["kfp"], executed[1]
+    bucket = BUCKET
+    blessings = harness.produced_of_type(runs, "tfx.ModelBlessing")
+    assert len(blessings) == 1 and blessings[0][2]["uri"].startswith(f"s3://{bucket}/root/")
+    assert blessings[0][2]["metadata"].get("blessed") == 1, blessings
+    blessing_key = blessings[0][2]["uri"].split(f"s3://{bucket}/", 1)[1]
+    assert f"{blessing_key}/BLESSED" in s3.keys(bucket, blessing_key)
+    pushed = harness.produced_of_type(runs, "tfx.PushedModel")[0][2]
+    destination = pushed["metadata"].get("pushed_destination", "")
+    assert destination.startswith(f"s3://{bucket}/serving/"), pushed
+    serving_key = destination.split(f"s3://{bucket}/", 1)[1]
+    assert f"{serving_key.rstrip('/')}/saved_model.pb" in s3.keys(bucket, serving_key)
+    evaluation = harness.produced_of_type(runs, "components.VolumeEvaluation")[0][2]
+    folder = evaluation["uri"].split(f"s3://{bucket}/", 1)[1]
+    assert {f"{folder}/metrics.json", f"{folder}/eval_report.html"} <= set(
+        s3.keys(bucket, folder))
+    # The launcher's side: the Pusher's inputs were downloaded to its pod's /s3, and every
+    # task's log was uploaded beside its outputs.
+    assert list((pods / "run-1" / "Pusher" / "s3" / bucket).rglob("saved_model.pb"))
+    logs = [k for k in s3.keys(bucket, "root/") if k.endswith("/executor-logs")]
+    assert len(logs) == len(runs), logs
     assert harness.load_spec(compiled)[0]["schemaVersion"] == "2.1.0"
     assert not any(run.resolver for run in runs.values()), "kfp cannot run resolvers"
     _assert_driver_not_run(compiled, runs)

@@ -1,10 +1,13 @@
-"""Kill the whole pipeline while the Trainer is training, run the pipeline again, and it resumes:
-the real `local_runner.py` (tiny profile) in a subprocess is SIGKILLed once the Trainer's first
-epoch checkpoint is on disk; the second run reuses the cached ExampleGen .. Transform outputs,
-so the Trainer's inputs and config, and with them its resume directory
-(`<pipeline_root>/Trainer/resume/<key>`), are the same, and training picks up at the killed
-epoch. The killed Trainer execution is left behind in ML Metadata as never finished; the second
-run must not be confused by it (not cached from it, not blocked by it)."""
+"""Stop the whole pipeline while the Trainer is training, run the pipeline again, and it
+resumes: the real `local_runner.py` (tiny profile) in a subprocess gets SIGTERM, as a scheduler
+sends it, once the Trainer's first epoch checkpoint is on disk. It must stop within seconds,
+with exit code 130 and a message saying how to resume, and leave no lock behind. The second run
+reuses the cached ExampleGen .. Transform outputs, so the Trainer's inputs and config, and with
+them its resume directory (`<pipeline_root>/Trainer/resume/<key>`), are the same, and training
+picks up at the stopped epoch. The stopped Trainer execution is left behind in ML Metadata as
+never finished; the second run must not be confused by it (not cached from it, not blocked by
+it). SIGKILL, where no handler runs, is the Trainer's own resume test (test_trainer_resume.py)
+and the stale-lock test (test_run_safety.py)."""
 from __future__ import annotations
 
 import glob
@@ -68,7 +71,7 @@ def _mlmd_trainer_states(metadata_path: str):
             for e in sorted(store.get_executions_by_context(node[0].id), key=lambda e: e.id)]
 
 
-def test_killed_pipeline_resumes_training(tmp_path):
+def test_a_pipeline_stopped_by_sigterm_resumes_training(tmp_path):
     output_dir = tmp_path / "out"
     pipeline_root = output_dir / "pipeline"
     resume_root = str(pipeline_root / "Trainer" / "resume")
@@ -80,12 +83,13 @@ def test_killed_pipeline_resumes_training(tmp_path):
                "--steps_per_epoch", str(STEPS_PER_EPOCH)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
 
-    # First run, killed in the middle of training. The log goes to a file, not a pipe that
+    # First run, stopped in the middle of training. The log goes to a file, not a pipe that
     # nobody reads while polling (a full pipe would stall the runner).
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log:
         first = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
+    stopped_in = None
     try:
         deadline = time.time() + 600
         seen = None
@@ -94,19 +98,30 @@ def test_killed_pipeline_resumes_training(tmp_path):
             if seen is not None and seen >= 1:
                 break
             time.sleep(0.1)
+        if first.poll() is None:
+            signalled = time.time()
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=60)
+            stopped_in = time.time() - signalled
     finally:
         # The runner's whole process group: Beam may have started workers of its own.
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    assert first.returncode == -signal.SIGKILL, (
-        f"the first run ended by itself (rc {first.returncode}) before an epoch checkpoint "
-        f"appeared:\n{first_log.read_text()[-4000:]}")
-    assert seen is not None and seen >= 1, first_log.read_text()[-4000:]
-    # The epoch on disk after the kill is what the second run resumes from (it may be later
-    # than the one seen if another epoch ended before the kill landed).
+    first_console = first_log.read_text()
+    assert first.returncode == 130, (
+        f"the first run did not stop on SIGTERM as an interrupt (rc {first.returncode}; ended "
+        f"by itself if no epoch checkpoint appeared):\n{first_console[-4000:]}")
+    assert stopped_in is not None and stopped_in < 30, stopped_in
+    assert "Interrupted by SIGTERM" in first_console, first_console[-4000:]
+    assert "run the same command to resume" in first_console, first_console[-4000:]
+    assert not glob.glob(str(output_dir / "*.lock")) and not glob.glob(
+        str(pipeline_root / ".unet3p-run.lock")), "the stopped run left its locks"
+    assert seen is not None and seen >= 1, first_console[-4000:]
+    # The epoch on disk after the stop is what the second run resumes from (it may be later
+    # than the one seen if another epoch ended before the signal landed).
     metadata, killed_at = _checkpointed_epoch(resume_root)
-    assert metadata is not None, "the kill left no readable checkpoint metadata"
+    assert metadata is not None, "the stop left no readable checkpoint metadata"
     assert 1 <= killed_at < epochs, killed_at
     killed_states = _mlmd_trainer_states(metadata_path)
     assert len(killed_states) == 1 and killed_states[0][1] not in ("COMPLETE", "CACHED"), \

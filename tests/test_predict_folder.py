@@ -24,6 +24,7 @@ from inference import writers
 from inference.cases import discover_inputs
 from preprocessing.nifti import CaseError
 from preprocessing.synthetic_ct import write_dataset
+from schema.contract import MODEL_SLICE_CONFIG_FILE
 from test_volume_eval import export_model
 
 GOOD = ["volume-0", "volume-1", "volume-2"]
@@ -171,3 +172,38 @@ def test_mask_paths_stay_in_the_folder_and_never_collide():
         assert os.path.dirname(path) == "out" and path.endswith(writers.MASK_SUFFIX), path
     assert writers.mask_path("out", "volume-3") == os.path.join(
         "out", "volume-3" + writers.MASK_SUFFIX)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("no saved_model.pb", "not a SavedModel directory"),
+    ("truncated saved_model.pb", "cannot load the SavedModel"),
+    ("no slice config", "slice config not found"),
+    ("garbled slice config", "invalid slice config"),
+])
+def test_a_broken_model_folder_is_one_line_naming_it(setup, tmp_path, capsys, damage, reason):
+    """What a full disk or an interrupted copy leaves of an export: one error line that names
+    the folder (or the file) and what is wrong, exit 1, no mask, no traceback."""
+    data, model, _ = setup
+    broken = str(tmp_path / "model")
+    shutil.copytree(model, broken)
+    graph = os.path.join(broken, "saved_model.pb")
+    config = os.path.join(broken, MODEL_SLICE_CONFIG_FILE)
+    if damage == "no saved_model.pb":
+        os.remove(graph)
+    elif damage == "truncated saved_model.pb":
+        size = os.path.getsize(graph)
+        with open(graph, "r+b") as f:
+            f.truncate(size // 3)
+    elif damage == "no slice config":
+        os.remove(config)
+    else:
+        with open(config, "w") as f:
+            f.write('{"size": [32')
+    out = str(tmp_path / "mask.nii.gz")
+    code = predict.main(["--model", broken, "--input", os.path.join(data, "volume-0.nii.gz"),
+                         "--output", out])
+    err = capsys.readouterr().err
+    assert code == 1 and not os.path.exists(out), err   # EXIT_BAD_INPUT
+    lines = [line for line in err.splitlines() if line.startswith("predict.py: error:")]
+    assert len(lines) == 1 and broken in lines[0] and reason in lines[0], err
+    assert "Traceback" not in err

@@ -37,6 +37,7 @@ from schema.contract import CONSOLE_LOGGER
 BEST_WEIGHTS = "best.weights.h5"   # the best epoch's weights (also copied to model_run_dir)
 BEST_RECORD = "best.json"
 RESUME_METADATA = "training_metadata.json"   # written by keras.callbacks.BackupAndRestore
+RESUME_WEIGHTS = "latest.weights.h5"          # the same
 
 
 def trainer_root(model_run_dir: str) -> str:
@@ -73,11 +74,34 @@ def check_resume_point(resume_dir: str, epochs: int, chief: bool = True) -> bool
         if chief:
             storage.remove_tree(resume_dir)
         return False
+    weights = storage.join(resume_dir, RESUME_WEIGHTS)
+    problem = unreadable_weights(weights)
+    if problem:
+        logging.getLogger(CONSOLE_LOGGER).warning(
+            "Corrupt checkpoint %s (%s): training starts over%s", weights, problem,
+            "; the checkpoint is removed" if chief else "")
+        if chief:
+            storage.remove_tree(resume_dir)
+        return False
     # On the console too: a person should see that this run continues an earlier one.
     logging.getLogger(CONSOLE_LOGGER).info(
         "Resuming interrupted training at epoch %d of %d (checkpoint in %s)", epoch, epochs,
         resume_dir)
     return True
+
+
+def unreadable_weights(path: str) -> Optional[str]:
+    """Why the Keras weights file at `path` cannot be read (None: it opens, or is absent). A
+    file on a URI is not checked here: Keras fetches it itself."""
+    if storage.is_uri(path) or not storage.exists(path):
+        return None
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            f.keys()
+    except (OSError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +152,23 @@ class WorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_train_begin(logs)
 
     def _save_model(self):
-        if self.chief:
-            super()._save_model()
+        """Keras' save, made safe against a write that fails part-way (a full disk): Keras
+        writes latest.weights.h5 in place, so a failure there left a torn file beside the
+        previous epoch's metadata, and every later run failed restoring it. Here the weights
+        go to a temporary name and replace the old ones when complete, then the metadata
+        (written atomically); a failure leaves the previous epoch's checkpoint whole."""
+        if not self.chief:
+            return
+        storage.makedirs(self.backup_dir)
+        tmp = self._weights_path + ".tmp.weights.h5"
+        try:
+            self.model.save_weights(tmp, overwrite=True)
+        except BaseException:
+            storage.remove_tree(tmp)
+            raise
+        storage.rename(tmp, self._weights_path)
+        storage.write_text(self._training_metadata_path, json.dumps(
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
     def on_train_end(self, logs=None):
         if self.chief:

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import math
 import platform
 import time
@@ -165,33 +166,64 @@ def probe_key(filters: Sequence[int], skip_filters: int, size: int) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def machine_cache_path() -> Optional[str]:
+    """This machine's own copy of the probe's answers, shared by every pipeline root:
+    $UNET3P_CACHE_DIR/precision_probe.json (set it empty to keep none), else
+    $XDG_CACHE_HOME/unet3plus/ or ~/.cache/unet3plus/."""
+    folder = os.environ.get("UNET3P_CACHE_DIR")
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                ".cache")
+        folder = os.path.join(base, "unet3plus")
+    return storage.join(folder, PROBE_FILE) if folder else None
+
+
 def cached_probe(filters: Sequence[int], skip_filters: int, cache_dir: Optional[str],
                  size: int = 64) -> Callable[[], Tuple[float, float]]:
     """A probe for choose_cpu_precision: (fp32, bf16) seconds per step, read from
-    `cache_dir`/precision_probe.json when this machine, TF and width were measured before,
-    measured and stored otherwise. A bf16 step that fails (e.g. oneDNN limited to AVX2 by
-    ONEDNN_MAX_CPU_ISA has no bf16 convolution) counts as infinitely slow."""
+    `cache_dir`/precision_probe.json, or this machine's cache (machine_cache_path), when this
+    machine, TF and width were measured before, measured and stored in both otherwise. A bf16
+    step that fails (e.g. oneDNN limited to AVX2 by ONEDNN_MAX_CPU_ISA has no bf16 convolution)
+    counts as infinitely slow."""
     def probe() -> Tuple[float, float]:
         key = probe_key(filters, skip_filters, size)
         path = storage.join(cache_dir, PROBE_FILE) if cache_dir else None   # may be gs://
-        cache = _read_json(path) if path else {}
-        if key in cache:
-            logging.info("Precision probe: cached result for this machine and width (%s)", path)
-            return cache[key]["fp32_s"], cache[key]["bf16_s"]
+        paths = [p for p in (path, machine_cache_path()) if p]
+        caches = {p: _read_json(p) for p in paths}
+        for p in paths:
+            if key in caches[p]:
+                logging.info("Precision probe: cached result for this machine and width (%s)",
+                             p)
+                _store(caches, key, caches[p][key], skip=p)
+                return caches[p][key]["fp32_s"], caches[p][key]["bf16_s"]
         start = time.perf_counter()
         timings = time_train_steps(filters, skip_filters, ("float32", "mixed_bfloat16"), size)
         fp32_s, bf16_s = timings["float32"], timings["mixed_bfloat16"]
         logging.info("Precision probe (%.1f s): fp32 %.1f ms/step, bf16 %.1f ms/step, widths %s "
                      "at %dx%d", time.perf_counter() - start, fp32_s * 1e3, bf16_s * 1e3,
                      list(filters), size, size)
-        if path:
-            cache[key] = {"fp32_s": fp32_s, "bf16_s": bf16_s, "filters": list(filters),
-                          "skip_filters": skip_filters, "size": size,
-                          "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            # tmp + rename (storage): a concurrent reader never sees half a file
-            storage.write_text(path, json.dumps(cache, indent=1))
+        _store(caches, key, {"fp32_s": fp32_s, "bf16_s": bf16_s, "filters": list(filters),
+                             "skip_filters": skip_filters, "size": size,
+                             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return fp32_s, bf16_s
     return probe
+
+
+def _store(caches: dict, key: str, record: dict, skip: Optional[str] = None) -> None:
+    """Adds `record` to every cache but `skip`. Written through storage (tmp + rename: a
+    concurrent reader never sees half a file); the machine's cache is a convenience, so a home
+    that cannot be written is logged, not fatal."""
+    machine = machine_cache_path()
+    for p, cache in caches.items():
+        if p == skip:
+            continue
+        cache[key] = record
+        try:
+            storage.write_text(p, json.dumps(cache, indent=1))
+        except OSError as e:
+            if p != machine:
+                raise
+            logging.info("Precision probe: cannot write the machine's cache %s (%s)", p, e)
 
 
 def _read_json(path: str) -> dict:
