@@ -52,14 +52,13 @@ class ModelUnderTest:
         """{role: uint8 labels in the canonical grid, role + POSTPROCESSED: post-processed};
         the first call fixes the classes."""
         from inference import segmenter  # TensorFlow and Keras: only when a model runs
-        probs = segmenter.predict_probabilities(self.serve, case, self.slice_config,
-                                                options.batch_size, options.mirror)
+        raw, channels, _ = segmenter.predict_labels(self.serve, case, self.slice_config,
+                                                    options)
         if not self.scorings:
-            classes = classes_of(probs.shape[-1])
+            classes = classes_of(channels)
             self.scorings = {role: Scoring(CaseScorer(classes),
                                            LesionTally() if "tumour" in classes else None)
                              for role in (self.role, self.role + POSTPROCESSED)}
-        raw = segmenter.probabilities_to_labels(probs, options.threshold)
         cleaned, _ = postprocess(raw, case.spacing, options.postprocess_settings(enabled=True))
         return {self.role: raw, self.role + POSTPROCESSED: cleaned}
 

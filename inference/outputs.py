@@ -85,14 +85,17 @@ def _source_probabilities(probs: np.ndarray, case: CanonicalCase) -> np.ndarray:
     return source
 
 
-def write_case_seg(mask: np.ndarray, probs: np.ndarray, case: CanonicalCase, seg_path: str,
-                   request: OutputRequest) -> None:
+def write_case_seg(mask: np.ndarray, channels: int, case: CanonicalCase, seg_path: str,
+                   request: OutputRequest, probs: Optional[np.ndarray] = None) -> None:
     """The case's DICOM SEG: `mask` (its series' grid) as binary segments, or `probs`
-    (canonical) as fractional ones; liver, and tumour for a three-class model."""
+    (canonical [X, Y, Z, channels]; needed for a fractional SEG) as fractional ones; liver, and
+    tumour for a three-class model (channels: the model's output channels)."""
     from inference.dicom_seg import AlgorithmInfo, write_seg
     check_seg_source(case, seg_path)
-    num_classes = 3 if probs.shape[-1] == 3 else 2
+    num_classes = 3 if channels == 3 else 2
     fractional = request.seg_type == "fractional"
+    if fractional and probs is None:
+        raise ValueError("a fractional DICOM SEG needs the probabilities")
     algorithm = AlgorithmInfo(ALGORITHM_NAME, project_version(), request.model_id)
     try:
         write_seg(mask, case.dicom.files, seg_path, num_classes=num_classes,
