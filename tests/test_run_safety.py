@@ -50,6 +50,15 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """Enough volumes that predict.py is still at work when the signal comes after its first
+    mask (streamed inference takes ~10 ms per small volume)."""
+    root = tmp_path_factory.mktemp("safety_many")
+    write_dataset(str(root), num_cases=24, in_plane=64, slices_range=(40, 48), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return export_model(str(tmp_path_factory.mktemp("safety_model") / "model"))
 
@@ -120,10 +129,10 @@ def _terminate_after(argv, first_output, timeout=300):
     return proc.returncode, stderr, time.time() - sent
 
 
-def test_sigterm_stops_predict_within_seconds_and_a_rerun_completes(data, model, tmp_path):
+def test_sigterm_stops_predict_within_seconds_and_a_rerun_completes(many, model, tmp_path):
     out = tmp_path / "masks"
-    argv = [sys.executable, "predict.py", "--model", model, "--input", str(data), "--output",
-            str(out)]
+    argv = [sys.executable, "predict.py", "--model", model, "--input", str(many), "--output",
+            str(out), "--mirror", "flips"]
     code, stderr, seconds = _terminate_after(argv, str(out / "volume-0_mask.nii.gz"))
     assert code == 130, stderr[-2000:]
     assert "Interrupted by SIGTERM" in stderr and "run the same command again" in stderr
@@ -132,7 +141,7 @@ def test_sigterm_stops_predict_within_seconds_and_a_rerun_completes(data, model,
     assert LOCK_NAME not in left and not [f for f in left if not f.endswith((".nii.gz",
                                                                                 ".csv"))]
     run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
-    assert run.returncode == 0 and "6 of 6 volumes written" in run.stdout, run.stderr[-2000:]
+    assert run.returncode == 0 and "24 of 24 volumes written" in run.stdout, run.stderr[-2000:]
 
 
 def test_sigterm_stops_the_converter_and_a_rerun_completes(data, tmp_path):
